@@ -1,0 +1,65 @@
+"""Building blocks of the pre-norm Transformer: RMSNorm, rotary embeddings and SwiGLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from value_routing.typing import Float, Int, Tensor
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last axis, computed in float32, with an optional scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, scale: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if scale else None
+
+    def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
+        xf = x.float()
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return out * self.weight if self.weight is not None else out
+
+
+def rope_tables(
+    head_dim: int, max_len: int, theta: float = 10000.0
+) -> tuple[Float[Tensor, "max_len half"], Float[Tensor, "max_len half"]]:
+    """Cosine and sine tables of rotary embeddings (``half = head_dim // 2``)."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(
+    x: Float[Tensor, "batch seq heads head_dim"],
+    cos: Float[Tensor, "seq half"],
+    sin: Float[Tensor, "seq half"],
+) -> Float[Tensor, "batch seq heads head_dim"]:
+    """Rotate channel pairs ``(i, i + half)`` by position-dependent angles (NeoX layout)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+def gather_rope(
+    cos: Tensor, sin: Tensor, positions: Int[Tensor, " seq"]
+) -> tuple[Float[Tensor, "seq half"], Float[Tensor, "seq half"]]:
+    """Rows of the rotary tables for the given positions."""
+    return cos[positions], sin[positions]
+
+
+class SwiGLU(nn.Module):
+    """``W2 (silu(W1 x) ⊙ W3 x)`` with ``W1`` and ``W3`` fused into one projection."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.w13 = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq dim"]:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)

@@ -1,0 +1,77 @@
+"""Builders returning configs: model sizes from the SATFormer paper × reuse strategies.
+
+``python -m recipes.builders`` prints the parameter count of every size and strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recipes.config import ModelConfig
+from value_routing.strategies import STRATEGIES
+
+#: Architecture of each size (vocab 32000 unless stated; ``tiny`` is byte-level for CPU demos).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=512),
+    "small": dict(d_model=768, n_layers=11, n_heads=12),
+    "medium": dict(d_model=1024, n_layers=18, n_heads=16),
+    "large": dict(d_model=1536, n_layers=19, n_heads=24),
+    "xl": dict(d_model=2048, n_layers=24, n_heads=16),
+}
+
+
+def model_config(size: str = "small", strategy: str = "baseline", **overrides: Any) -> ModelConfig:
+    """Config of ``size`` running ``strategy``; ``overrides`` replace any ModelConfig field."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
+    return ModelConfig(**{**SIZES[size], "strategy": strategy, **overrides})
+
+
+def transformer(size: str = "small", **overrides: Any) -> ModelConfig:
+    """The baseline pre-norm Transformer (no reuse)."""
+    return model_config(size, "baseline", **overrides)
+
+
+def resformer(size: str = "small", mode: str = "learnable", **overrides: Any) -> ModelConfig:
+    """ResFormer: static value residual (``mode`` fixed / learnable / softmax)."""
+    return model_config(size, "static", strategy_options={"mode": mode}, **overrides)
+
+
+def satformer(size: str = "small", act: str = "relu", last_k: int | None = None, **overrides: Any) -> ModelConfig:
+    """SATFormer: selective value gate with activation ``act`` on all or the ``last_k`` layers."""
+    return model_config(size, "satformer", strategy_options={"act": act, "last_k": last_k}, **overrides)
+
+
+def satformer_tiny(**overrides: Any) -> ModelConfig:
+    return satformer("tiny", **overrides)
+
+
+def satformer_small(**overrides: Any) -> ModelConfig:
+    return satformer("small", **overrides)
+
+
+#: One builder per strategy name (the recipes' table rows).
+BUILDERS = {"baseline": transformer, "static": resformer, "satformer": satformer}
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
+    from recipes.model import CausalLM
+
+    with torch.device("meta"):
+        return CausalLM(cfg).num_params()
+
+
+def main() -> None:
+    print(f"{'size':<8}" + "".join(f"{name:>14}" for name in BUILDERS))
+    for size in SIZES:
+        counts = [count_params(build(size)) for build in BUILDERS.values()]
+        print(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in counts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Model configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from value_routing.attention import BACKENDS
+from value_routing.strategies import STRATEGIES, ModelDims
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only LM with a reuse strategy.
+
+    ``strategy`` names an entry of :data:`value_routing.STRATEGIES`; ``strategy_options`` are
+    passed to its constructor (e.g. ``{"act": "sigmoid", "last_k": 4}`` for ``satformer``).
+    ``d_ff`` defaults to ``4 * d_model`` (SwiGLU hidden width), ``n_kv_heads`` to ``n_heads``.
+    """
+
+    vocab_size: int = 32000
+    d_model: int = 768
+    n_layers: int = 11
+    n_heads: int = 12
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    strategy: str = "baseline"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    attention_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, got {self.d_model // self.n_heads}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ValueError(f"d_ff must be >= 1, got {self.d_ff}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
+        last_k = self.strategy_options.get("last_k")
+        if last_k is not None and not 1 <= last_k < self.n_layers:
+            raise ValueError(f"strategy_options['last_k'] must be in [1, n_layers) = [1, {self.n_layers}), got {last_k}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def dims(self) -> ModelDims:
+        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.kv_heads)
+
+    def with_strategy(self, strategy: str, **options: Any) -> "ModelConfig":
+        """A copy of this config running another strategy."""
+        return replace(self, strategy=strategy, strategy_options=dict(options))

@@ -1,0 +1,52 @@
+"""Greedy / sampled generation with the KV cache."""
+
+from __future__ import annotations
+
+import torch
+
+from recipes.model import CausalLM, KVCache
+from value_routing.typing import Int, Tensor
+
+
+@torch.no_grad()
+def generate(
+    model: CausalLM,
+    prompt: Int[Tensor, "batch prompt_len"],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "batch total_len"]:
+    """Extend ``prompt`` by ``max_new_tokens`` tokens (greedy when ``temperature == 0``)."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+    batch, prompt_len = prompt.shape
+    total = prompt_len + max_new_tokens
+    dtype = next(model.parameters()).dtype
+    cache = KVCache.allocate(model.cfg, batch, total, prompt.device, dtype)
+    tokens = prompt
+    logits, cache = model(prompt, cache=cache)
+    for _ in range(max_new_tokens):
+        nxt = sample(logits[:, -1], temperature, top_k, generator)
+        tokens = torch.cat((tokens, nxt[:, None]), dim=1)
+        if tokens.shape[1] == total:
+            break
+        logits, cache = model(nxt[:, None], cache=cache)
+    return tokens
+
+
+def sample(
+    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Pick the next token from last-position logits."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)

@@ -1,0 +1,144 @@
+"""CausalLM: embedding → blocks routed by a strategy → RMSNorm → tied LM head."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from blocks import LayerCache, RMSNorm, TransformerBlock, rope_tables
+from recipes.config import ModelConfig
+from value_routing.attention import AttentionMask, get_backend
+from value_routing.strategies import build_strategy
+from value_routing.typing import Float, Int, Tensor, shapecheck
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Preallocated per-layer keys/values and how many positions are filled.
+
+    Forward passes write into the buffers and return a cache with the advanced ``length``;
+    the buffers themselves are shared, so keep using the returned cache.
+    """
+
+    layers: tuple[LayerCache, ...]
+    length: int = 0
+
+    @classmethod
+    def allocate(
+        cls, cfg: ModelConfig, batch: int, max_len: int | None = None,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> "KVCache":
+        max_len = max_len or cfg.max_seq_len
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"max_len ({max_len}) must be <= max_seq_len ({cfg.max_seq_len})")
+        shape = (batch, max_len, cfg.kv_heads, cfg.head_dim)
+        layers = tuple(
+            LayerCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            for _ in range(cfg.n_layers)
+        )
+        return cls(layers, 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].k.shape[1]
+
+
+class LMOutput(NamedTuple):
+    logits: Float[Tensor, "batch seq vocab"]
+    cache: KVCache | None
+
+
+class CausalLM(nn.Module):
+    """Decoder-only language model whose blocks are routed by ``cfg.strategy``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.ffn_dim, cfg.qk_norm, cfg.norm_eps)
+            for _ in range(cfg.n_layers)
+        )
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.strategy = build_strategy(cfg.strategy, cfg.dims, **cfg.strategy_options)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
+        std = self.cfg.init_std
+        for block in self.blocks:
+            for lin, s in ((block.attn.wqkv, std), (block.ffn.w13, std),
+                           (block.attn.wo, std / math.sqrt(2 * self.cfg.n_layers)),
+                           (block.ffn.w2, std / math.sqrt(2 * self.cfg.n_layers))):
+                nn.init.normal_(lin.weight, std=s)
+        nn.init.normal_(self.embed.weight, std=std)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=std)
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embedding else n
+
+    @shapecheck
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        *,
+        cache: KVCache | None = None,
+        seq_lens: Sequence[int] | None = None,
+    ) -> LMOutput:
+        """Logits for every position.
+
+        With ``cache`` the tokens continue the cached sequence and the returned cache holds
+        them too. ``seq_lens`` packs documents into a batch of one (block-diagonal causal
+        attention, RoPE positions restarting per document).
+        """
+        batch, seq = tokens.shape
+        offset = 0 if cache is None else cache.length
+        if cache is not None and offset + seq > cache.capacity:
+            raise ValueError(f"cache overflow: {offset} cached + {seq} new tokens > capacity {cache.capacity}")
+        if offset + seq > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {offset + seq} exceeds max_seq_len {self.cfg.max_seq_len}")
+        mask = AttentionMask(offset, None if seq_lens is None else tuple(int(n) for n in seq_lens))
+        mask.check(batch, seq, offset + seq)
+        positions = mask.positions(seq, tokens.device)
+        rope = (self.rope_cos[positions], self.rope_sin[positions])
+        attend = get_backend(self.cfg.attention_backend, tokens.device)
+
+        x = self.embed(tokens)
+        state = self.strategy.init_state(x)
+        v1 = None
+        for i, block in enumerate(self.blocks):
+            inp = self.strategy.block_input(i, x, state)
+            out = block(
+                inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
+                cache=None if cache is None else cache.layers[i],
+            )
+            if i == 0:
+                v1 = out.v_raw
+            x, state = self.strategy.block_output(i, out.y, state)
+        x = self.norm(self.strategy.finalize(x, state))
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = x @ weight.t()
+        new_cache = None if cache is None else KVCache(cache.layers, offset + seq)
+        return LMOutput(logits, new_cache)
+
+
+class _LayerMix:
+    """The strategy's value hook bound to one layer (a plain callable, compile-friendly)."""
+
+    __slots__ = ("strategy", "layer")
+
+    def __init__(self, strategy, layer: int) -> None:
+        self.strategy, self.layer = strategy, layer
+
+    def __call__(self, v: Tensor, v1: Tensor | None, h: Tensor) -> Tensor:
+        return self.strategy.mix_value(self.layer, v, v1, h)

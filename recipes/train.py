@@ -1,0 +1,153 @@
+"""The main demo: train the tiny SATFormer and baselines on the embedded corpus, compare them.
+
+``python -m recipes.train`` trains every registered strategy at the ``tiny`` size with the
+same seed, data order and optimiser, then prints validation loss per strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from recipes.builders import BUILDERS, SIZES
+from recipes.config import ModelConfig
+from recipes.data import embedded_corpus, random_batch
+from recipes.model import CausalLM
+from value_routing.strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run."""
+
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_batches: int = 16
+    seed: int = 0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < self.steps:
+            raise ValueError(f"warmup must be in [0, steps), got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    strategy: str
+    params: int
+    val_loss: float
+    seconds: float
+    tokens_per_s: float
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms, gains or scalar λ)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+@torch.no_grad()
+def evaluate(model: CausalLM, val: torch.Tensor, cfg: TrainConfig) -> float:
+    """Mean loss over ``eval_batches`` fixed validation windows (same for every strategy)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    losses = [lm_loss(model, *random_batch(val, cfg.batch_size, cfg.seq_len, gen)).item() for _ in range(cfg.eval_batches)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val: torch.Tensor) -> RunResult:
+    torch.manual_seed(cfg.seed)
+    model = CausalLM(model_cfg)
+    step_fn = torch.compile(lm_loss) if cfg.compile else lm_loss
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"{model_cfg.strategy:>10}", leave=False, mininterval=1.0)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = step_fn(model, *random_batch(train, cfg.batch_size, cfg.seq_len, gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+    return RunResult(model_cfg.strategy, model.num_params(), evaluate(model, val, cfg), seconds, tokens / seconds)
+
+
+def format_table(results: list[RunResult]) -> str:
+    base = next((r.val_loss for r in results if r.strategy == "baseline"), None)
+    lines = [f"{'strategy':<12}{'params':>10}{'val loss':>10}{'bits/byte':>11}{'Δ vs base':>11}{'tok/s':>9}"]
+    for r in results:
+        delta = f"{r.val_loss - base:+.4f}" if base is not None else "-"
+        lines.append(
+            f"{r.strategy:<12}{r.params / 1e6:>9.2f}M{r.val_loss:>10.4f}{r.val_loss / math.log(2):>11.4f}"
+            f"{delta:>11}{r.tokens_per_s:>9.0f}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", nargs="+", default=list(BUILDERS), choices=list(STRATEGIES))
+    p.add_argument("--size", default="tiny", choices=list(SIZES))
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    args = parse_args(argv)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                      seed=args.seed, compile=args.compile, warmup=min(TrainConfig.warmup, args.steps - 1))
+    train, val = embedded_corpus()
+    print(f"corpus: {len(train):,} train / {len(val):,} val bytes of Python stdlib source; "
+          f"{cfg.steps} steps × {cfg.batch_size}×{cfg.seq_len} tokens, size={args.size}")
+    results = []
+    for name in tqdm(args.strategies, desc="strategies"):
+        results.append(train_one(BUILDERS[name](args.size), cfg, train, val))
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

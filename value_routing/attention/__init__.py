@@ -1,0 +1,23 @@
+"""Attention backends and the mask specification they share."""
+
+from value_routing.attention.backends import (
+    BACKENDS,
+    AttentionBackend,
+    get_backend,
+    sdpa_attention,
+    xformers_attention,
+    xformers_available,
+    xformers_bias,
+)
+from value_routing.attention.mask import AttentionMask
+
+__all__ = [
+    "BACKENDS",
+    "AttentionBackend",
+    "AttentionMask",
+    "get_backend",
+    "sdpa_attention",
+    "xformers_attention",
+    "xformers_available",
+    "xformers_bias",
+]

@@ -1,0 +1,113 @@
+"""Attention backends behind one interface: torch SDPA everywhere, xFormers on CUDA.
+
+Every backend maps ``q (batch, q_len, heads, head_dim)``, ``k, v (batch, kv_len, kv_heads,
+head_dim)`` and an :class:`AttentionMask` to ``(batch, q_len, heads, head_dim)``; grouped-query
+attention (``kv_heads`` dividing ``heads``) is handled inside.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from value_routing.attention.mask import AttentionMask
+from value_routing.typing import Float, Tensor, shapecheck
+
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers")
+
+
+class AttentionBackend(Protocol):
+    def __call__(
+        self,
+        q: Float[Tensor, "batch q_len heads head_dim"],
+        k: Float[Tensor, "batch kv_len kv_heads head_dim"],
+        v: Float[Tensor, "batch kv_len kv_heads head_dim"],
+        mask: AttentionMask,
+    ) -> Float[Tensor, "batch q_len heads head_dim"]: ...
+
+
+@shapecheck
+def sdpa_attention(
+    q: Float[Tensor, "batch q_len heads head_dim"],
+    k: Float[Tensor, "batch kv_len kv_heads head_dim"],
+    v: Float[Tensor, "batch kv_len kv_heads head_dim"],
+    mask: AttentionMask,
+) -> Float[Tensor, "batch q_len heads head_dim"]:
+    """``torch.nn.functional.scaled_dot_product_attention`` with the given mask."""
+    batch, q_len, heads, _ = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    mask.check(batch, q_len, kv_len)
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = heads != kv_heads
+    if mask.seq_lens is None and (mask.q_offset == 0 or q_len == 1):
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=q_len > 1, enable_gqa=gqa)
+    else:
+        dense = mask.dense(q_len, kv_len, q.device)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=dense, enable_gqa=gqa)
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def xformers_available() -> bool:
+    """Whether xFormers' fused attention kernels can run (CUDA build importable with a GPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from xformers.ops import memory_efficient_attention  # noqa: F401
+    except Exception:  # a broken or CPU-only install is "not available", not an error
+        return False
+    return True
+
+
+def xformers_bias(mask: AttentionMask):
+    """The xFormers ``attn_bias`` object equivalent to ``mask`` (pure Python; works on CPU)."""
+    from xformers.ops.fmha import attn_bias
+
+    if mask.seq_lens is not None:
+        return attn_bias.BlockDiagonalCausalMask.from_seqlens(list(mask.seq_lens))
+    if mask.q_offset == 0:
+        return attn_bias.LowerTriangularMask()
+    return attn_bias.LowerTriangularFromBottomRightMask()
+
+
+@shapecheck
+def xformers_attention(
+    q: Float[Tensor, "batch q_len heads head_dim"],
+    k: Float[Tensor, "batch kv_len kv_heads head_dim"],
+    v: Float[Tensor, "batch kv_len kv_heads head_dim"],
+    mask: AttentionMask,
+) -> Float[Tensor, "batch q_len heads head_dim"]:
+    """xFormers ``memory_efficient_attention`` (CUDA only); GQA via the 5-D grouped layout."""
+    from xformers.ops import memory_efficient_attention
+
+    batch, q_len, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    mask.check(batch, q_len, kv_len)
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+    group = heads // kv_heads
+    bias = None if (mask.seq_lens is None and q_len == 1) else xformers_bias(mask)
+    q5 = q.view(batch, q_len, kv_heads, group, head_dim)
+    k5 = k.unsqueeze(3).expand(batch, kv_len, kv_heads, group, head_dim)
+    v5 = v.unsqueeze(3).expand(batch, kv_len, kv_heads, group, head_dim)
+    out = memory_efficient_attention(q5, k5, v5, attn_bias=bias)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def get_backend(name: str = "auto", device: torch.device | str | None = None) -> Callable[..., Tensor]:
+    """Resolve a backend name; ``auto`` picks xFormers on CUDA when available, else SDPA."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if name == "auto":
+        name = "xformers" if on_cuda and xformers_available() else "sdpa"
+    if name == "xformers":
+        if not (on_cuda and xformers_available()):
+            raise ValueError("attention backend 'xformers' needs CUDA and a working xformers install; use 'sdpa'")
+        return xformers_attention
+    return sdpa_attention

@@ -1,0 +1,103 @@
+"""The one protocol through which every reuse strategy plugs into a Transformer.
+
+A strategy is an ``nn.Module`` spanning the whole depth. The model calls five hooks, all
+pure functions of their arguments (state is passed and returned, never stored on modules):
+
+``init_state(x0)``
+    Called once with the embedding output; returns the strategy's stream state.
+``block_input(layer, x, state)``
+    The inputs block ``layer`` reads: a :class:`BlockInput` (one residual tensor, optionally
+    distinct query/key/value inputs).
+``mix_value(layer, v, v1, h)``
+    Rewrites block ``layer``'s value projection ``v`` (RoPE-free, before attention and before
+    the KV cache). ``v1`` is layer 0's raw value projection, ``h`` the normed block input.
+``block_output(layer, y, state)``
+    Turns the block output into the next residual ``x`` and the next state.
+``finalize(x, state)``
+    The hidden state fed to the final norm and LM head.
+
+Defaults are identities, so a strategy overrides only what it routes. A block never
+inspects which strategy it runs with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from value_routing.typing import Float, Tensor
+
+
+class BlockInput(NamedTuple):
+    """What a block reads. ``q``/``k``/``v`` default to the residual input when ``None``."""
+
+    x: Float[Tensor, "batch seq dim"]
+    q: Float[Tensor, "batch seq dim"] | None = None
+    k: Float[Tensor, "batch seq dim"] | None = None
+    v: Float[Tensor, "batch seq dim"] | None = None
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The model dimensions a strategy may need to size its parameters."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class Strategy(nn.Module):
+    """Base class of all reuse strategies; every hook defaults to the identity (no reuse)."""
+
+    #: Whether ``mix_value`` needs layer 0's value projection (lets blocks skip passing it).
+    uses_v1: bool = False
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.n_layers = n_layers
+
+    @classmethod
+    def for_model(cls, dims: ModelDims, **options: Any) -> "Strategy":
+        """Build the strategy for a model of the given dimensions."""
+        return cls(n_layers=dims.n_layers, **options)
+
+    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> Any:
+        return None
+
+    def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: Any) -> BlockInput:
+        return BlockInput(x)
+
+    def mix_value(
+        self,
+        layer: int,
+        v: Float[Tensor, "batch seq kv_heads head_dim"],
+        v1: Float[Tensor, "batch seq kv_heads head_dim"] | None,
+        h: Float[Tensor, "batch seq dim"],
+    ) -> Float[Tensor, "batch seq kv_heads head_dim"]:
+        return v
+
+    def block_output(
+        self, layer: int, y: Float[Tensor, "batch seq dim"], state: Any
+    ) -> tuple[Float[Tensor, "batch seq dim"], Any]:
+        return y, state
+
+    def finalize(self, x: Float[Tensor, "batch seq dim"], state: Any) -> Float[Tensor, "batch seq dim"]:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"n_layers={self.n_layers}"
+
+
+def check_layer(layer: int, n_layers: int) -> None:
+    """Raise a ValueError naming ``layer`` if it is outside ``[0, n_layers)``."""
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer must be in [0, {n_layers}), got {layer}")

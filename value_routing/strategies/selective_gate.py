@@ -1,0 +1,103 @@
+r"""SelectiveGate (SATFormer): a per-token, per-head learned gate on layer 0's values.
+
+For every gated layer :math:`n`
+
+.. math:: V'_n = V_n + \mathrm{act}(W_{\alpha,n} h_n) \odot V_1
+
+where :math:`h_n` is the normed block input (``batch seq d_model``),
+:math:`W_{\alpha,n}\in\mathbb{R}^{d_\text{model}\to n_\text{kv}}` has no bias, so the gate
+:math:`\alpha_n` has shape ``batch seq kv_heads`` and broadcasts over ``head_dim``;
+:math:`V_1` is layer 0's raw value projection (not detached, so gradients reach layer 0).
+``act`` is one of ``relu`` (default; exact zeros switch reuse off), ``sigmoid``, ``tanh``,
+``identity``, ``softmax`` (over heads, ×heads) or ``softmax_sigmoid``. With ``last_k`` only
+the last ``k`` layers are gated; the rest run as the baseline.
+
+The mix happens before attention and before the KV cache, so incremental decoding needs
+only the new tokens' :math:`V_1`.
+
+Use in your own attention::
+
+    gate = SelectiveGate(d_model=512, n_layers=8, n_kv_heads=4)
+    v = gate.mix_value(layer, v, v1, h)   # v, v1: (batch, seq, kv_heads, head_dim)
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from value_routing.kernels.gate_mix import check_activation, gate_activation, gate_mix
+from value_routing.strategies.base import ModelDims, Strategy, check_layer
+from value_routing.typing import Float, Tensor, shapecheck
+
+
+class SelectiveGate(Strategy):
+    """SATFormer selective value gate (see module docstring for the equation)."""
+
+    uses_v1 = True
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_kv_heads: int,
+        act: str = "relu",
+        last_k: int | None = None,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__(n_layers)
+        self.act = check_activation(act)
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model}")
+        if n_kv_heads < 1:
+            raise ValueError(f"n_kv_heads must be >= 1, got {n_kv_heads}")
+        if last_k is not None and not 1 <= last_k <= n_layers - 1:
+            raise ValueError(
+                f"last_k must be None or in [1, n_layers - 1] = [1, {n_layers - 1}], got {last_k}"
+            )
+        self.d_model, self.n_kv_heads, self.last_k = d_model, n_kv_heads, last_k
+        self.first_gated = 1 if last_k is None else n_layers - last_k
+        self.gates = nn.ModuleList(
+            nn.Linear(d_model, n_kv_heads, bias=False) for _ in range(self.first_gated, n_layers)
+        )
+        for gate in self.gates:
+            nn.init.normal_(gate.weight, std=init_std)
+
+    @classmethod
+    def for_model(cls, dims: ModelDims, **options) -> "SelectiveGate":
+        return cls(d_model=dims.d_model, n_layers=dims.n_layers, n_kv_heads=dims.n_kv_heads, **options)
+
+    def is_gated(self, layer: int) -> bool:
+        """Whether ``layer`` mixes in ``V1``."""
+        return layer >= self.first_gated
+
+    def gate_weight(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
+        """``W_α`` of ``layer``, or ``None`` for an ungated layer (used to fuse into QKV)."""
+        return self.gates[layer - self.first_gated].weight if self.is_gated(layer) else None
+
+    @shapecheck
+    def gate(self, layer: int, h: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq kv_heads"]:
+        """The gate values ``α = act(W_α h)`` of a gated layer."""
+        check_layer(layer, self.n_layers)
+        if not self.is_gated(layer):
+            raise ValueError(f"layer {layer} is not gated (gated layers: {self.first_gated}..{self.n_layers - 1})")
+        return gate_activation(self.gates[layer - self.first_gated](h), self.act)
+
+    def mix_value(self, layer, v, v1, h, logits: Tensor | None = None):
+        """``V + act(W_α h)·V1`` for gated layers; ``v`` unchanged otherwise.
+
+        ``logits`` may pass precomputed ``W_α h`` (e.g. from a fused QKV+gate projection).
+        """
+        check_layer(layer, self.n_layers)
+        if not self.is_gated(layer):
+            return v
+        if v1 is None:
+            raise ValueError("v1 must be given for gated layers (layer 0's value projection)")
+        if logits is None:
+            logits = self.gates[layer - self.first_gated](h)
+        return gate_mix(v, v1, logits, self.act)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
+            f"act={self.act!r}, last_k={self.last_k}"
+        )
