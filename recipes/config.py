@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+import torch
+
 from value_routing.attention import BACKENDS
-from value_routing.strategies import STRATEGIES, ModelDims
+from value_routing.strategies import STRATEGIES, ModelDims, build_strategy
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,17 @@ class ModelConfig:
             raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
-        last_k = self.strategy_options.get("last_k")
-        if last_k is not None and not 1 <= last_k < self.n_layers:
-            raise ValueError(f"strategy_options['last_k'] must be in [1, n_layers) = [1, {self.n_layers}), got {last_k}")
+        self._check_strategy_options()
+
+    def _check_strategy_options(self) -> None:
+        """Build the strategy on the meta device so bad options fail here, naming the field."""
+        try:
+            with torch.device("meta"):
+                build_strategy(self.strategy, self.dims, **self.strategy_options)
+        except TypeError as err:
+            raise ValueError(f"strategy_options {dict(self.strategy_options)} do not fit strategy {self.strategy!r}: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"strategy_options: {err}") from err
 
     @property
     def kv_heads(self) -> int:
