@@ -15,3 +15,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev,triton,xformers,docs]"
   echo "$want" > "$stamp"
 fi
+# Headless Chromium renders the built docs in tests/test_docs.py (Debian's package, as root).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the docs test" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "setup: chromium not found (needs root + apt-get); tests/test_docs.py will skip its browser check" >&2
+  fi
+fi
