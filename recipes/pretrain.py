@@ -1,0 +1,381 @@
+"""Pretraining entry point: one process, DDP or FSDP2, resumable from atomic checkpoints.
+
+::
+
+    python -m recipes.pretrain --config small --strategy satformer --data 'fineweb10B/*train*.bin'
+    torchrun --nproc_per_node 8 -m recipes.pretrain --config small --parallel fsdp \\
+        --data 'fineweb10B/*train*.bin' --val-data 'fineweb10B/*val*.bin' --ckpt-dir ckpt --resume
+
+Data is the embedded stdlib corpus (bytes; the default) or pre-tokenized uint16 ``.bin``
+shards (:mod:`recipes.shards`). Sample ``k`` of the stream is fixed by ``--seed``, so the
+data position saved in a checkpoint is one integer. Rank ``r`` trains on rows
+``[r·B, (r+1)·B)`` of every global batch (``B = micro_batch · grad_accum``), so any world
+size sees the same global batch. bf16 autocast is used on CUDA only (fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import socket
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from recipes.builders import SIZES, model_config
+from recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recipes.data import embedded_corpus
+from recipes.model import CausalLM
+from recipes.shards import SHARD_FORMATS, TokenWindows
+from recipes.train import lm_loss, lr_at, make_optimizer
+from value_routing.strategies import STRATEGIES
+
+PARALLEL = ("none", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class SizeDefaults:
+    """Optimisation defaults of one model size: AdamW β=(0.9, 0.95), ε=1e-8 (``make_optimizer``),
+    weight decay 0.1 on matrices, clip 1.0, linear warmup then cosine to ``min_lr_ratio · lr``.
+
+    These follow the public ResFormer (Value Residual Learning) 82M recipe — lr 6e-4 → 6e-5,
+    warmup 120 of 10 000 steps, seq 2048, 20B tokens — with peak lr lowered with size. The
+    global batch is 0.5M tokens (ResFormer used 2M); override any of them on the command line.
+    """
+
+    lr: float
+    min_lr_ratio: float = 0.1
+    warmup_frac: float = 0.012
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seq_len: int = 2048
+    global_batch_tokens: int = 2**19
+    train_tokens: int = 20_000_000_000
+
+
+DEFAULTS: dict[str, SizeDefaults] = {
+    "tiny": SizeDefaults(lr=3e-3, warmup_frac=0.1, seq_len=128, global_batch_tokens=2048, train_tokens=300 * 2048),
+    "small": SizeDefaults(lr=6e-4),
+    "medium": SizeDefaults(lr=3e-4),
+    "large": SizeDefaults(lr=2.5e-4),
+    "xl": SizeDefaults(lr=2e-4),
+}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run. ``steps`` spans the lr schedule; ``stop_after`` may end the job earlier."""
+
+    size: str = "tiny"
+    strategy: str = "satformer"
+    parallel: str = "none"
+    data: str = "embedded"
+    val_data: str | None = None
+    shard_format: str = "auto"
+    tokenizer: str | None = None
+    steps: int = 300
+    stop_after: int | None = None
+    micro_batch: int = 16
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    ckpt_dir: str | None = None
+    ckpt_every: int = 0
+    keep: int = 3
+    resume: bool = False
+    eval_every: int = 0
+    eval_batches: int = 8
+    log_every: int = 10
+    log_file: str | None = None
+    model_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("size", tuple(SIZES)), ("strategy", tuple(STRATEGIES)), ("parallel", PARALLEL),
+                              ("shard_format", SHARD_FORMATS), ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("steps", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ckpt_every", "eval_every", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup >= self.steps:
+            raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
+        if self.resume and not self.ckpt_dir:
+            raise ValueError("resume=True needs ckpt_dir")
+
+
+class Dist:
+    """Rank, world size and device of this process; initialises the process group if asked."""
+
+    def __init__(self, parallel: str, device: str) -> None:
+        self.owns_group = False
+        if parallel != "none" and not dist.is_initialized():
+            if "RANK" not in os.environ:  # plain `python -m`: a world of one
+                os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=str(_free_port()))
+            use_cuda = device != "cpu" and torch.cuda.is_available()
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self.owns_group = True
+        elif parallel == "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("parallel must be 'ddp' or 'fsdp' when launched on several ranks, got 'none'")
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if parallel != "none" else (0, 1)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+
+    def mean(self, value: torch.Tensor) -> float:
+        if dist.is_initialized() and self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)  # SUM: gloo has no AVG
+            value /= self.world
+        return value.item()
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_data(cfg: PretrainConfig) -> tuple[TokenWindows, TokenWindows | None]:
+    """Training windows (shuffled by seed) and validation windows (fixed order)."""
+    if cfg.data == "embedded":
+        train, val = embedded_corpus()
+        return TokenWindows([train], cfg.seq_len, cfg.seed), TokenWindows([val], cfg.seq_len, shuffle=False)
+    train = TokenWindows.from_shards(cfg.data, cfg.seq_len, cfg.seed, fmt=cfg.shard_format)
+    if cfg.val_data is None:
+        return train, None
+    return train, TokenWindows.from_shards(cfg.val_data, cfg.seq_len, shuffle=False, fmt=cfg.shard_format)
+
+
+def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
+    """The model on ``ctx.device``, wrapped for ``cfg.parallel``, and its config."""
+    overrides = dict(cfg.model_overrides)
+    if cfg.tokenizer is not None and "vocab_size" not in overrides:
+        from recipes.tokenizers import load_tokenizer
+
+        overrides["vocab_size"] = load_tokenizer(cfg.tokenizer).vocab_size
+    model_cfg = model_config(cfg.size, cfg.strategy, **overrides)
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len}, got {cfg.seq_len}")
+    torch.manual_seed(cfg.seed)  # same init on every rank
+    model = CausalLM(model_cfg).to(ctx.device)
+    if cfg.parallel == "ddp":
+        model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    elif cfg.parallel == "fsdp":
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    return model, model_cfg
+
+
+def micro_step_context(model: torch.nn.Module, parallel: str, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-step of an accumulation."""
+    if parallel == "ddp" and not last:
+        return model.no_sync()
+    if parallel == "fsdp":
+        model.set_requires_gradient_sync(last)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast) -> float:
+    """Mean loss over ``ceil(eval_batches / world) · world`` fixed validation batches."""
+    per_rank = math.ceil(cfg.eval_batches / ctx.world)
+    total = torch.zeros((), device=ctx.device)
+    for i in range(per_rank):
+        x, y = val.batch((ctx.rank * per_rank + i) * cfg.micro_batch, cfg.micro_batch)
+        with autocast():
+            total += lm_loss(model, x.to(ctx.device), y.to(ctx.device)).float()
+    return ctx.mean(total / per_rank)
+
+
+class Logger:
+    """Progress on stdout and exact per-step records as JSON lines (rank 0 only)."""
+
+    def __init__(self, path: str | None, rank: int) -> None:
+        self.active = rank == 0
+        self.file = open(path, "a") if self.active and path else None
+
+    def __call__(self, msg: str | None = None, **record: Any) -> None:
+        if self.active and msg:
+            print(msg, flush=True)
+        if self.file and record:
+            self.file.write(json.dumps(record) + "\n")  # floats as repr: an exact round trip
+            self.file.flush()
+
+
+def train(cfg: PretrainConfig) -> list[float]:
+    """Run ``cfg``; return the per-step training losses (mean over the global batch)."""
+    ctx = Dist(cfg.parallel, cfg.device)
+    log = Logger(cfg.log_file, ctx.rank)
+    try:
+        return _train(cfg, ctx, log)
+    finally:
+        if log.file:
+            log.file.close()
+        ctx.close()
+
+
+def train_step(model, optimizer, batches, cfg: PretrainConfig, ctx: Dist, autocast, loss_fn) -> torch.Tensor:
+    """Accumulate gradients over this rank's micro-batches, clip, step; return the mean loss."""
+    total = torch.zeros((), device=ctx.device)
+    for m, (x, y) in enumerate(batches):
+        with micro_step_context(model, cfg.parallel, m == cfg.grad_accum - 1):
+            with autocast():
+                loss = loss_fn(model, x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
+            (loss / cfg.grad_accum).backward()
+        total += loss.detach().float()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / cfg.grad_accum
+
+
+def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train_windows, val_windows = load_data(cfg)
+    model, model_cfg = build_model(cfg, ctx)
+    optimizer = make_optimizer(model, cfg)
+    loss_fn = torch.compile(lm_loss) if cfg.compile else lm_loss
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    step, samples = 0, 0
+    if cfg.resume and (path := latest_checkpoint(cfg.ckpt_dir)) is not None:
+        state = load_checkpoint(path, model, optimizer)
+        for name in ("seed", "seq_len"):  # they fix the data order
+            saved, given = state["config"][name], getattr(cfg, name)
+            if saved != given:
+                raise ValueError(f"{name} must equal the checkpoint's {saved!r} to resume, got {given!r}")
+        step, samples = state["step"], state["samples"]
+        log(f"resumed from {path} at step {step}", event="resume", step=step, path=str(path))
+    rows, stop = cfg.micro_batch * cfg.grad_accum, cfg.stop_after or cfg.steps
+    log(f"{cfg.size}/{cfg.strategy}: {model_cfg.d_model}d×{model_cfg.n_layers}L, parallel={cfg.parallel} "
+        f"world={ctx.world} device={ctx.device} amp={'bf16' if use_amp else 'off'}; global batch "
+        f"{rows * ctx.world}×{cfg.seq_len} tokens; steps {step}→{stop} of {cfg.steps}")
+    losses: list[float] = []
+    tick, tick_step = time.perf_counter(), step
+    while step < stop:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        first = samples + ctx.rank * rows  # this rank's rows of the global batch
+        batches = [train_windows.batch(first + m * cfg.micro_batch, cfg.micro_batch) for m in range(cfg.grad_accum)]
+        if max(int(y.max()) for _, y in batches) >= model_cfg.vocab_size:
+            raise ValueError(f"the data holds token ids >= vocab_size ({model_cfg.vocab_size}); set --tokenizer")
+        loss = ctx.mean(train_step(model, optimizer, batches, cfg, ctx, autocast, loss_fn))
+        step, samples = step + 1, samples + rows * ctx.world
+        losses.append(loss)
+        msg = None
+        if step % cfg.log_every == 0 or step == stop:
+            rate = (step - tick_step) * rows * ctx.world * cfg.seq_len / (time.perf_counter() - tick)
+            msg = f"step {step:>6}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s"
+            tick, tick_step = time.perf_counter(), step
+        log(msg, step=step, loss=loss, lr=lr)
+        if val_windows is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
+            val_loss = evaluate(model, val_windows, cfg, ctx, autocast)
+            log(f"step {step:>6} val loss {val_loss:.4f}", event="eval", step=step, val_loss=val_loss)
+        if cfg.ckpt_dir and ((cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == stop):
+            state = {"samples": samples, "config": asdict(cfg)}
+            path = save_checkpoint(cfg.ckpt_dir, step, model, optimizer, state, cfg.keep, asdict(model_cfg))
+            log(event="checkpoint", step=step, path=str(path))
+    return losses
+
+
+#: Options filled from :data:`DEFAULTS` of the size when not given on the command line.
+SIZED = ("steps", "micro_batch", "grad_accum", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip")
+HELP = {
+    "size": "model size; options left unset come from DEFAULTS[size]",
+    "data": "'embedded' or a glob/directory of uint16 .bin shards", "val_data": "glob/directory of validation shards",
+    "tokenizer": "'byte' or a local tokenizer.json (sets vocab_size)", "steps": "length of the lr schedule",
+    "stop_after": "stop after this step (the schedule still spans --steps)", "amp": "bf16 autocast on CUDA",
+    "resume": "continue from the newest checkpoint in --ckpt-dir, if any", "keep": "checkpoints to keep",
+    "log_file": "JSON lines with the exact loss of every step",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """One option per :class:`PretrainConfig` field (``--config`` names the size, ``--set`` overrides the model)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(PretrainConfig):
+        flag = "--config" if f.name == "size" else "--" + f.name.replace("_", "-")
+        default = None if f.name in SIZED else f.default
+        if f.name == "model_overrides":
+            p.add_argument("--set", dest=f.name, nargs="*", default=[], metavar="FIELD=VALUE",
+                           help="ModelConfig overrides, e.g. d_model=256 strategy_options='{\"act\": \"sigmoid\"}'")
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=HELP.get(f.name))
+        else:
+            kind = int if f.name == "stop_after" else str if f.default is None else type(f.default)
+            choices = {"size": SIZES, "strategy": STRATEGIES, "parallel": PARALLEL, "shard_format": SHARD_FORMATS,
+                       "device": ("auto", "cpu", "cuda")}.get(f.name)
+            p.add_argument(flag, dest=f.name, type=kind, default=default, choices=list(choices) if choices else None,
+                           help=HELP.get(f.name))
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
+    """A :class:`PretrainConfig` from parsed arguments, unset options taken from :data:`DEFAULTS`."""
+    d, given = DEFAULTS[args.size], vars(args)
+    seq_len = args.seq_len or d.seq_len
+    micro = args.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
+    accum = args.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+    steps = args.steps or max(1, d.train_tokens // (seq_len * world * micro * accum))
+    warmup = args.warmup if args.warmup is not None else min(steps - 1, round(d.warmup_frac * steps))
+    sized = {k: getattr(d, k) if given[k] is None else given[k]
+             for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip")}
+    return PretrainConfig(**{
+        **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
+        "warmup": warmup, "model_overrides": dict(_parse_override(s) for s in args.model_overrides),
+    })
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
+    key, value = item.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string such as attention_backend=sdpa
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    args = parse_args(argv)
+    return train(resolve(args, int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+if __name__ == "__main__":
+    main()
