@@ -1,0 +1,217 @@
+"""Hugging Face ``transformers`` interop: config and model wrappers, Auto* registration.
+
+:class:`SATConfig` is a ``PretrainedConfig`` carrying every field of
+:class:`recipes.config.ModelConfig` (``strategy`` and ``strategy_options`` included);
+:class:`SATForCausalLM` wraps :class:`recipes.model.CausalLM` so that ``save_pretrained`` /
+``from_pretrained`` (safetensors), ``AutoModelForCausalLM`` and ``generate()`` work. Importing
+this module registers both under ``model_type = "value_routing"``::
+
+    from recipes.hf import SATForCausalLM
+    hf = SATForCausalLM.from_causal_lm(model)     # shares model's weights
+    hf.save_pretrained("ckpt")
+    hf = AutoModelForCausalLM.from_pretrained("ckpt")
+    out = hf.generate(prompt, max_new_tokens=32, do_sample=False)
+
+``generate`` decodes with our preallocated :class:`~recipes.model.KVCache` passed as
+``past_key_values`` (a :class:`SATCache`, grown by doubling). Padding is not supported: an
+``attention_mask`` with zeros raises, so batch prompts of equal length. Needs the optional
+extra ``pip install 'value_routing[hf]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("recipes.hf needs transformers: pip install 'value_routing[hf]'") from err
+
+from blocks import LayerCache, rope_tables
+from recipes.config import ModelConfig
+from recipes.model import CausalLM, KVCache
+
+MODEL_TYPE = "value_routing"
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+class SATConfig(PretrainedConfig):
+    """A :class:`ModelConfig` as a ``PretrainedConfig`` (fields validated by ModelConfig)."""
+
+    model_type = MODEL_TYPE
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "max_position_embeddings": "max_seq_len",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        fields = {name: kwargs.pop(name) for name in _FIELDS if name in kwargs}
+        if fields.get("strategy_options") is None:
+            fields.pop("strategy_options", None)
+        cfg = ModelConfig(**fields)  # raises a ValueError naming any bad field
+        for name in _FIELDS:
+            value = getattr(cfg, name)
+            setattr(self, name, dict(value) if name == "strategy_options" else value)
+        kwargs.setdefault("tie_word_embeddings", cfg.tie_embeddings)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, **kwargs: Any) -> "SATConfig":
+        return cls(**{name: getattr(cfg, name) for name in _FIELDS}, **kwargs)
+
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig(**{name: getattr(self, name) for name in _FIELDS})
+
+
+class SATCache:
+    """``past_key_values`` for ``generate``: a :class:`KVCache` that grows by doubling when full.
+
+    Mutable on purpose (``generate`` threads one object through its steps); the model itself
+    still receives and returns immutable :class:`KVCache` values.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, kv: KVCache | None = None) -> None:
+        self.kv = kv
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.kv is None else self.kv.length
+
+    def reserve(self, cfg: ModelConfig, batch: int, new_tokens: int, like: torch.Tensor) -> KVCache:
+        """The cache with room for ``new_tokens`` more positions (reallocated if needed)."""
+        length = self.get_seq_length()
+        need = length + new_tokens
+        if need > cfg.max_seq_len:
+            raise ValueError(f"sequence length {need} exceeds max_seq_len {cfg.max_seq_len}")
+        if self.kv is not None and self.kv.capacity >= need:
+            return self.kv
+        capacity = min(cfg.max_seq_len, max(need, 2 * (0 if self.kv is None else self.kv.capacity), 64))
+        grown = KVCache.allocate(cfg, batch, capacity, like.device, like.dtype)
+        if self.kv is not None:
+            for old, new in zip(self.kv.layers, grown.layers):
+                new.k[:, :length] = old.k[:, :length]
+                new.v[:, :length] = old.v[:, :length]
+        self.kv = KVCache(grown.layers, length)
+        return self.kv
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search)."""
+        if self.kv is not None:
+            layers = tuple(
+                LayerCache(c.k.index_select(0, beam_idx.to(c.k.device)), c.v.index_select(0, beam_idx.to(c.v.device)))
+                for c in self.kv.layers
+            )
+            self.kv = KVCache(layers, self.kv.length)
+
+
+class SATForCausalLM(PreTrainedModel, GenerationMixin):
+    """:class:`CausalLM` behind the ``PreTrainedModel`` interface (weights under ``model.``)."""
+
+    config_class = SATConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["TransformerBlock"]
+
+    def __init__(self, config: SATConfig) -> None:
+        super().__init__(config)
+        self.model = CausalLM(config.to_model_config())
+        self.post_init()
+
+    @classmethod
+    def from_causal_lm(cls, model: CausalLM) -> "SATForCausalLM":
+        """Wrap an existing model (parameters are shared, not copied)."""
+        with torch.device("meta"):
+            hf = cls(SATConfig.from_model_config(model.cfg))
+        hf.model = model
+        return hf
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        """``PreTrainedModel.from_pretrained``, refusing checkpoints with missing weights.
+
+        Our modules initialise themselves in their constructors, which ``from_pretrained``
+        runs on the meta device, so a missing weight would otherwise be left uninitialised.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if info["missing_keys"]:
+            raise ValueError(f"checkpoint is missing weights {sorted(info['missing_keys'])}")
+        return (model, info) if want_info else model
+
+    @torch.no_grad()
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Parameters are initialised by CausalLM itself; only the RoPE tables (non-persistent
+        # buffers, left empty when from_pretrained builds on the meta device) are recomputed.
+        if isinstance(module, CausalLM) and module.rope_cos.device.type != "meta":
+            cfg = module.cfg
+            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+            module.rope_cos.copy_(cos)
+            module.rope_sin.copy_(sin)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate must not build a DynamicCache: we bring our own SATCache
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.embed
+
+    def get_output_embeddings(self) -> torch.nn.Linear | None:
+        return self.model.lm_head  # None when tied: the head *is* the embedding matrix
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: SATCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Logits (and the mean next-token loss when ``labels`` are given, ``-100`` ignored)."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("inputs_embeds is not supported; pass input_ids")
+        for name in ("output_attentions", "output_hidden_states"):
+            if kwargs.get(name):
+                raise ValueError(f"{name}=True is not supported")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("attention_mask with padding (zeros) is not supported; batch prompts of equal length")
+        if past_key_values is not None and not isinstance(past_key_values, SATCache):
+            raise ValueError(f"past_key_values must be a SATCache or None, got {type(past_key_values).__name__}")
+        if use_cache and past_key_values is None:
+            past_key_values = SATCache()
+        kv = None
+        if past_key_values is not None:
+            batch, seq = input_ids.shape
+            kv = past_key_values.reserve(self.model.cfg, batch, seq, self.model.embed.weight)
+        logits, kv = self.model(input_ids, cache=kv)
+        if past_key_values is not None:
+            past_key_values.kv = kv
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+        if return_dict is False:
+            return tuple(t for t in (loss, logits, past_key_values) if t is not None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+
+
+def register() -> None:
+    """Register :class:`SATConfig` / :class:`SATForCausalLM` with ``AutoConfig`` / ``AutoModelForCausalLM``."""
+    AutoConfig.register(MODEL_TYPE, SATConfig, exist_ok=True)
+    AutoModelForCausalLM.register(SATConfig, SATForCausalLM, exist_ok=True)
+
+
+register()
+
+__all__ = ["MODEL_TYPE", "SATCache", "SATConfig", "SATForCausalLM", "register"]

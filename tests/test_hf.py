@@ -1,0 +1,128 @@
+"""Hugging Face interop: config round trip, save/load parity, tied head, generate() parity."""
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")  # nothing here may touch the network
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from recipes.builders import BUILDERS  # noqa: E402
+from recipes.generate import generate  # noqa: E402
+from recipes.hf import SATConfig, SATForCausalLM  # noqa: E402
+from recipes.model import CausalLM  # noqa: E402
+
+DIMS = dict(vocab_size=256, d_model=32, n_layers=3, n_heads=2, n_kv_heads=1, max_seq_len=96)
+
+
+def tiny(strategy: str = "satformer", **overrides) -> CausalLM:
+    return CausalLM(BUILDERS[strategy]("tiny", **{**DIMS, **overrides})).eval()
+
+
+def test_config_round_trip_and_auto_registration(tmp_path):
+    cfg = BUILDERS["satformer"]("tiny", **DIMS, qk_norm=True, last_k=2, act="sigmoid")
+    hf_cfg = SATConfig.from_model_config(cfg)
+    assert hf_cfg.to_model_config() == cfg
+    assert (hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.max_position_embeddings) == (32, 3, 96)
+    hf_cfg.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is SATConfig and loaded.model_type == "value_routing"
+    assert loaded.to_model_config() == cfg
+    assert isinstance(AutoConfig.for_model("value_routing"), SATConfig)
+
+
+def test_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        SATConfig(strategy="nope")
+    with pytest.raises(ValueError, match="n_heads"):
+        SATConfig(d_model=30, n_heads=4)
+
+
+@pytest.mark.parametrize("strategy", sorted(BUILDERS))
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_gives_identical_logits(tmp_path, strategy, tie):
+    model = tiny(strategy, tie_embeddings=tie)
+    hf = SATForCausalLM.from_causal_lm(model)
+    hf.save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    assert ("model.lm_head.weight" in keys) is not tie
+    assert keys == {f"model.{k}" for k in model.state_dict()}
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is SATForCausalLM
+    assert loaded.config.to_model_config() == model.cfg and loaded.config.tie_word_embeddings is tie
+    tokens = torch.randint(0, 256, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+    # The tie survives: one (vocab, d_model) matrix, which is both the input and output embedding.
+    assert loaded.model.num_params() == model.num_params()
+    if tie:
+        assert loaded.get_output_embeddings() is None and loaded.model.lm_head is None
+    else:
+        assert not torch.equal(loaded.model.lm_head.weight, loaded.model.embed.weight)
+
+
+def test_checkpoint_missing_a_weight_is_refused(tmp_path):
+    SATForCausalLM.from_causal_lm(tiny()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing weights.*model.norm.weight"):
+        SATForCausalLM.from_pretrained(tmp_path)
+
+
+def test_generate_greedy_equals_recipes_generate_and_uses_the_kv_cache():
+    model = tiny()
+    hf = SATForCausalLM.from_causal_lm(model).eval()
+    prompt = torch.randint(0, 256, (2, 5))
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append((args[0].shape[1], kwargs.get("cache") is not None)), with_kwargs=True
+    )
+    # 70 new tokens outgrow the first cache allocation (64 positions), exercising its growth.
+    out = hf.generate(prompt, max_new_tokens=70, do_sample=False)
+    hook.remove()
+    assert torch.equal(out, generate(model, prompt, 70))
+    assert calls[0] == (5, True) and set(calls[1:]) == {(1, True)}  # prefill, then one token per step
+    no_cache = hf.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert torch.equal(no_cache, out[:, :17])
+
+
+def test_beam_search_with_cache_equals_without():
+    hf = SATForCausalLM.from_causal_lm(tiny()).eval()
+    prompt = torch.randint(0, 256, (2, 4))
+    with_cache = hf.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
+    without = hf.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_labels_give_the_shifted_next_token_loss():
+    model = tiny()
+    hf = SATForCausalLM.from_causal_lm(model)
+    tokens = torch.randint(0, 256, (2, 9))
+    labels = tokens.clone()
+    labels[0, 3] = -100
+    logits = model(tokens).logits
+    keep = labels[:, 1:] != -100
+    want = F.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    torch.testing.assert_close(hf(tokens, labels=labels).loss, want)
+
+
+def test_padding_and_foreign_caches_are_rejected():
+    hf = SATForCausalLM.from_causal_lm(tiny())
+    prompt = torch.randint(0, 256, (2, 4))
+    mask = torch.ones_like(prompt)
+    mask[0, 0] = 0
+    with pytest.raises(ValueError, match="attention_mask"):
+        hf.generate(prompt, attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match="past_key_values must be a SATCache"):
+        hf(prompt, past_key_values=object())
+    with pytest.raises(ValueError, match="output_hidden_states=True is not supported"):
+        hf(prompt, output_hidden_states=True)
