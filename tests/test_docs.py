@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import http.server
+import importlib
 import importlib.util
 import os
 import re
@@ -30,7 +31,9 @@ GATE_ID = "value_routing.strategies.selective_gate.SelectiveGate"
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built site; built once even when several xdist workers ask for it."""
-    shared = tmp_path_factory.getbasetemp().parent  # common to all workers of this run
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # .../pytest-N/popen-gwK -> .../pytest-N: common to this run's workers
     out, done = shared / "docs-site", shared / "docs-site.ok"
     with open(shared / "docs-site.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -61,11 +64,12 @@ def test_strict_build_has_index_and_api_pages(site: Path) -> None:
 
 
 def _exports(package: str) -> list[str]:
-    module = __import__(package)
-    return list(module.__all__)
+    return list(importlib.import_module(package).__all__)
 
 
-@pytest.mark.parametrize("package", ["value_routing", "blocks"])
+@pytest.mark.parametrize(
+    "package", ["value_routing", "value_routing.strategies", "value_routing.kernels", "value_routing.attention", "blocks"]
+)
 def test_every_public_name_has_an_api_entry(site: Path, package: str) -> None:
     ids: set[str] = set()
     for page in (site / "api").rglob("index.html"):
@@ -131,7 +135,7 @@ def _python_blocks(page: Path) -> str:
     return "\n\n".join(re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M))
 
 
-@pytest.mark.parametrize("guide", ["quickstart.md", "selective-gate.md"])
+@pytest.mark.parametrize("guide", ["quickstart.md", "selective-gate.md", "training.md", "gate-analysis.md"])
 def test_guide_examples_run(guide: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every ``python`` block of a guide, run in order in one namespace, executes without error."""
     code = _python_blocks(ROOT / "docs" / "guides" / guide)

@@ -132,7 +132,9 @@ class HideOwnReexports(griffe.Extension):
 
     Packages re-export their submodules' public names (``from value_routing import
     SelectiveGate``); rendered with ``show_submodules``, every such object would appear twice.
-    This drops from each package the aliases that point into its own submodules.
+    This drops from each package the aliases that point into its own public submodules. An
+    alias into a private module (``kernels._triton_utils.HAS_TRITON``) is kept: the private
+    module is not rendered, so the package is where that name is documented.
     """
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
@@ -141,7 +143,8 @@ class HideOwnReexports(griffe.Extension):
     def _prune(self, mod: griffe.Module) -> None:
         for name, member in list(mod.members.items()):
             if member.is_alias:
-                if member.target_path.startswith(mod.path + "."):
+                inner = member.target_path[len(mod.path) + 1 :].split(".")
+                if member.target_path.startswith(mod.path + ".") and not any(p.startswith("_") for p in inner):
                     mod.del_member(name)
             elif member.is_module:
                 self._prune(member)
