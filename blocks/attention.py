@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -11,7 +12,8 @@ from blocks.layers import RMSNorm, apply_rope
 from value_routing.attention import AttentionMask
 from value_routing.typing import Float, Tensor
 
-#: ``mix(v, v1, h) -> v'``: the strategy's value hook bound to one layer.
+#: ``mix(v, v1, h) -> v'``: the strategy's value hook bound to one layer; it also takes
+#: ``logits=`` when the block fuses the strategy's extra projection into its value GEMM.
 ValueMix = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
 
@@ -41,13 +43,24 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def project(
-        self, hq: Tensor, hk: Tensor | None, hv: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Project to q, k, v. One GEMM when all inputs are the same tensor (``hk is None``)."""
-        if hk is None or hv is None:
-            return self.wqkv(hq).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
-        w_q, w_k, w_v = self.wqkv.weight.split((self.q_dim, self.kv_dim, self.kv_dim), dim=0)
-        return F.linear(hq, w_q), F.linear(hk, w_k), F.linear(hv, w_v)
+        self, hq: Tensor, hk: Tensor, hv: Tensor, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Project to q, k, v and, given ``extra`` weight rows, ``hv @ extraᵀ``.
+
+        One GEMM when all inputs are the same tensor; otherwise one per input, with ``extra``
+        appended to the value GEMM. Either way ``extra`` multiplies ``hv``, the tensor the value
+        hook receives as ``h``, so the fused result is exact. Appending costs a weight copy.
+        """
+        n_extra = 0 if extra is None else extra.shape[0]
+        if hk is hq and hv is hq:
+            w = self.wqkv.weight if extra is None else torch.cat((self.wqkv.weight, extra.to(self.wqkv.weight)))
+            q, k, v, e = F.linear(hq, w).split((self.q_dim, self.kv_dim, self.kv_dim, n_extra), dim=-1)
+        else:
+            w_q, w_k, w_v = self.wqkv.weight.split((self.q_dim, self.kv_dim, self.kv_dim), dim=0)
+            w_v = w_v if extra is None else torch.cat((w_v, extra.to(w_v)))
+            q, k = F.linear(hq, w_q), F.linear(hk, w_k)
+            v, e = F.linear(hv, w_v).split((self.kv_dim, n_extra), dim=-1)
+        return q, k, v, (None if extra is None else e)
 
     def forward(
         self,
@@ -61,13 +74,17 @@ class CausalSelfAttention(nn.Module):
         mask: AttentionMask,
         attend: Callable[..., Tensor],
         cache: LayerCache | None = None,
+        extra_projection: Float[Tensor, "extra dim"] | None = None,
     ) -> AttentionOutput:
+        """``extra_projection``: rows fused into the value-input GEMM, their output handed to
+        ``mix_value`` as ``logits`` (see ``Strategy.extra_value_projection``)."""
         batch, seq, _ = hq.shape
-        q, k, v = self.project(hq, hk, hv)
+        hk, hv = hq if hk is None else hk, hq if hv is None else hv
+        q, k, v, logits = self.project(hq, hk, hv, extra_projection)
         q = q.view(batch, seq, self.n_heads, self.head_dim)
         k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
         v_raw = v.view(batch, seq, self.n_kv_heads, self.head_dim)
-        v = mix_value(v_raw, v1, hq if hv is None else hv)
+        v = mix_value(v_raw, v1, hv) if logits is None else mix_value(v_raw, v1, hv, logits=logits)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)

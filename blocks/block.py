@@ -24,6 +24,8 @@ class TransformerBlock(nn.Module):
     ``q``, ``k`` and ``v`` are the residual input unless the strategy supplies its own (as
     MUDDFormer does); the value projection passes through the strategy's ``mix_value``.
     The block returns its raw (unmixed) value projection so layer 0's becomes ``V1``.
+    ``extra_projection`` (the strategy's ``extra_value_projection``) is fused into the value
+    GEMM and its output passed to ``mix_value`` as ``logits``.
     """
 
     def __init__(
@@ -45,10 +47,14 @@ class TransformerBlock(nn.Module):
         mask: AttentionMask,
         attend: Callable[..., Tensor],
         cache: LayerCache | None = None,
+        extra_projection: Float[Tensor, "extra dim"] | None = None,
     ) -> BlockOutput:
         h = self.attn_norm(inp.x if inp.q is None else inp.q)
         hk = None if inp.k is None else self.attn_norm(inp.k)
         hv = None if inp.v is None else self.attn_norm(inp.v)
-        attn = self.attn(h, hk, hv, v1=v1, mix_value=mix_value, rope=rope, mask=mask, attend=attend, cache=cache)
+        attn = self.attn(
+            h, hk, hv, v1=v1, mix_value=mix_value, rope=rope, mask=mask, attend=attend, cache=cache,
+            extra_projection=extra_projection,
+        )
         a = inp.x + attn.out
         return BlockOutput(a + self.ffn(self.ffn_norm(a)), attn.v_raw)

@@ -35,6 +35,8 @@ class ModelConfig:
     strategy: str = "baseline"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     attention_backend: str = "auto"
+    #: Fold the strategy's extra projection (SATFormer's ``W_α``) into each block's QKV GEMM.
+    fuse_gate_projection: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -52,6 +54,8 @@ class ModelConfig:
             raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
+        if not isinstance(self.fuse_gate_projection, bool):
+            raise ValueError(f"fuse_gate_projection must be True or False, got {self.fuse_gate_projection!r}")
         self._check_strategy_options()
 
     def _check_strategy_options(self) -> None:

@@ -122,6 +122,7 @@ class CausalLM(nn.Module):
             out = block(
                 inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
                 cache=None if cache is None else cache.layers[i],
+                extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,
             )
             if i == 0:
                 v1 = out.v_raw
@@ -141,5 +142,5 @@ class _LayerMix:
     def __init__(self, strategy, layer: int) -> None:
         self.strategy, self.layer = strategy, layer
 
-    def __call__(self, v: Tensor, v1: Tensor | None, h: Tensor) -> Tensor:
-        return self.strategy.mix_value(self.layer, v, v1, h)
+    def __call__(self, v: Tensor, v1: Tensor | None, h: Tensor, **logits: Tensor) -> Tensor:
+        return self.strategy.mix_value(self.layer, v, v1, h, **logits)

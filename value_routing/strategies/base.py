@@ -16,6 +16,11 @@ pure functions of their arguments (state is passed and returned, never stored on
 ``finalize(x, state)``
     The hidden state fed to the final norm and LM head.
 
+One optional hook lets the model fold a strategy's projection of ``h`` into the block's
+GEMM: ``extra_value_projection(layer)`` returns weight rows ``W`` (or ``None``); a model that
+fuses calls ``mix_value(layer, v, v1, h, logits=h @ W.T)`` with those rows computed in the
+same GEMM as ``v`` (from the same input ``h``), so the strategy must accept ``logits=``.
+
 Defaults are identities, so a strategy overrides only what it routes. A block never
 inspects which strategy it runs with.
 """
@@ -84,6 +89,10 @@ class Strategy(nn.Module):
         h: Float[Tensor, "batch seq dim"],
     ) -> Float[Tensor, "batch seq kv_heads head_dim"]:
         return v
+
+    def extra_value_projection(self, layer: int) -> Float[Tensor, "extra dim"] | None:
+        """Rows the block may append to its value-input GEMM; their output becomes ``logits``."""
+        return None
 
     def block_output(
         self, layer: int, y: Float[Tensor, "batch seq dim"], state: Any

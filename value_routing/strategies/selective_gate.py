@@ -13,7 +13,9 @@ where :math:`h_n` is the normed block input (``batch seq d_model``),
 the last ``k`` layers are gated; the rest run as the baseline.
 
 The mix happens before attention and before the KV cache, so incremental decoding needs
-only the new tokens' :math:`V_1`.
+only the new tokens' :math:`V_1`. :math:`W_{\alpha,n}` can be folded into the block's QKV
+projection (``extra_value_projection``; ``ModelConfig.fuse_gate_projection``): one GEMM then
+yields q, k, v and the gate logits.
 
 Use in your own attention::
 
@@ -73,6 +75,11 @@ class SelectiveGate(Strategy):
     def gate_weight(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
         """``W_α`` of ``layer``, or ``None`` for an ungated layer (used to fuse into QKV)."""
         return self.gates[layer - self.first_gated].weight if self.is_gated(layer) else None
+
+    def extra_value_projection(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
+        """``W_α`` for fusing into the block's QKV GEMM (``mix_value`` then gets ``logits``)."""
+        check_layer(layer, self.n_layers)
+        return self.gate_weight(layer)
 
     @shapecheck
     def gate(self, layer: int, h: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq kv_heads"]:
