@@ -119,10 +119,35 @@ def rst_to_markdown(text: str) -> str:
     return "\n".join(_literal_and_deflists(lines))
 
 
-class RstToMarkdown(griffe.Extension):
-    """Apply :func:`rst_to_markdown` to every docstring before it is parsed."""
+def comment_docstring(lines: list[str], lineno: int) -> str | None:
+    """The Sphinx-style ``#:`` comment lines right above line ``lineno`` (1-based), if any."""
+    found: list[str] = []
+    i = lineno - 2
+    while i >= 0 and lines[i].lstrip().startswith("#:"):
+        found.insert(0, lines[i].lstrip()[2:].strip())
+        i -= 1
+    return "\n".join(found) or None
 
-    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+
+class RstToMarkdown(griffe.Extension):
+    """Apply :func:`rst_to_markdown` to every docstring before it is parsed.
+
+    Attributes documented with a ``#:`` comment above them (``#: Strategy names ...``) get that
+    comment as their docstring, as Sphinx autodoc would.
+    """
+
+    def on_instance(self, *, obj: griffe.Object, agent: Any = None, **kwargs: Any) -> None:
+        if obj.docstring is None and obj.is_attribute and obj.lineno:
+            try:
+                text = comment_docstring(obj.lines_collection[obj.filepath], obj.lineno)
+            except (KeyError, TypeError, IndexError):  # no source (compiled or inspected)
+                text = None
+            if text:
+                obj.docstring = griffe.Docstring(
+                    text, lineno=obj.lineno, parent=obj,
+                    parser=getattr(agent, "docstring_parser", None),
+                    parser_options=getattr(agent, "docstring_options", None),
+                )
         if obj.docstring is not None:
             obj.docstring.value = rst_to_markdown(obj.docstring.value)
 

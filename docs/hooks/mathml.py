@@ -27,8 +27,17 @@ def _converter():
     return convert
 
 
+_TEXT = re.compile(r"\\(text|mathrm|texttt)\{([^{}]*)\}")
+
+
+def _normalise(tex: str) -> str:
+    """TeX's escaped underscore: a plain ``_`` inside text macros, a literal one elsewhere."""
+    tex = _TEXT.sub(lambda m: f"\\{m.group(1)}{{{m.group(2).replace(chr(92) + '_', '_')}}}", tex)
+    return tex.replace("\\_", "\\text{_}")
+
+
 def _render(match: re.Match[str], display: str, convert) -> str:
-    tex = html.unescape(match.group("tex")).strip()
+    tex = _normalise(html.unescape(match.group("tex")).strip())
     try:
         mathml = convert(tex, display=display)
     except Exception as err:  # an unknown macro must not break the build: keep the TeX

@@ -1,8 +1,8 @@
 """MkDocs hook: expand ``<!-- public-api: PACKAGE -->`` into a table of the package's exports.
 
 The table lists every name in ``PACKAGE.__all__`` (read statically with griffe, nothing is
-imported) with its kind and the first line of its docstring, and links each name to its
-API entry with an autorefs cross-reference. Under ``mkdocs build --strict`` an exported
+imported) with its kind and the first paragraph of its docstring, and links each name to the
+API entry of the object it names (where it is defined) with an autorefs cross-reference. Under ``mkdocs build --strict`` an exported
 name that no API page documents is a broken reference, so the build fails: the reference
 cannot silently fall behind the code.
 """
@@ -30,10 +30,15 @@ def _package(path: str) -> griffe.Module:
 
 
 def _target(obj: griffe.Object | griffe.Alias) -> griffe.Object | griffe.Alias:
+    """What an export names. ``from kernels import gate_mix`` in a package whose submodule is
+    also ``gate_mix`` resolves to the module statically; the function inside is what is meant."""
     try:
-        return obj.final_target if obj.is_alias else obj
+        target = obj.final_target if obj.is_alias else obj
     except griffe.AliasResolutionError:
         return obj
+    if target.is_module and obj.name in target.members:
+        return _target(target.members[obj.name])
+    return target
 
 
 def _summary(obj: griffe.Object | griffe.Alias) -> str:
@@ -57,7 +62,8 @@ def public_api_table(package: str) -> str:
     rows = ["| name | kind | summary |", "|---|---|---|"]
     for name in names:
         member = mod.members[name]
-        rows.append(f"| [`{name}`][{package}.{name}] | {_kind(member)} | {_summary(member)} |")
+        target = _target(member)
+        rows.append(f"| [`{name}`][{target.path}] | {_kind(member)} | {_summary(member)} |")
     return "\n".join(rows)
 
 
