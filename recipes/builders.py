@@ -54,8 +54,30 @@ def satformer_small(**overrides: Any) -> ModelConfig:
     return satformer("small", **overrides)
 
 
+def denseformer(
+    size: str = "small", dilation: int = 1, period: int = 1, impl: str = "buffer", **overrides: Any
+) -> ModelConfig:
+    """DenseFormer: depth-weighted average over all earlier block outputs (``dilation`` × ``period``)."""
+    return model_config(
+        size, "dense", strategy_options={"dilation": dilation, "period": period, "impl": impl}, **overrides
+    )
+
+
+def muddformer(size: str = "small", impl: str = "buffer", **overrides: Any) -> ModelConfig:
+    """MUDDFormer: per-token dense connections for the query, key, value and residual streams."""
+    return model_config(size, "mudd", strategy_options={"impl": impl}, **overrides)
+
+
+def hyperconnections(size: str = "small", rate: int = 4, dynamic: bool = True, **overrides: Any) -> ModelConfig:
+    """Hyper-Connections: ``rate`` residual streams with static or dynamic (default) mixing."""
+    return model_config(size, "hyper", strategy_options={"rate": rate, "dynamic": dynamic}, **overrides)
+
+
 #: One builder per strategy name (the recipes' table rows).
-BUILDERS = {"baseline": transformer, "static": resformer, "satformer": satformer}
+BUILDERS = {
+    "baseline": transformer, "static": resformer, "satformer": satformer,
+    "dense": denseformer, "mudd": muddformer, "hyper": hyperconnections,
+}
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from value_routing.strategies.base import BlockInput, ModelDims, Strategy
+from value_routing.strategies.dense import DenseAggregation
+from value_routing.strategies.depth_states import DEPTH_IMPLS
+from value_routing.strategies.hyper_connections import HyperConnections
+from value_routing.strategies.mudd import DynamicDenseAggregation
 from value_routing.strategies.no_reuse import NoReuse
 from value_routing.strategies.selective_gate import SelectiveGate
 from value_routing.strategies.static_residual import StaticValueResidual
@@ -14,6 +18,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "baseline": NoReuse,
     "static": StaticValueResidual,
     "satformer": SelectiveGate,
+    "dense": DenseAggregation,
+    "mudd": DynamicDenseAggregation,
+    "hyper": HyperConnections,
 }
 
 
@@ -27,6 +34,10 @@ def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "BlockInput",
+    "DEPTH_IMPLS",
+    "DenseAggregation",
+    "DynamicDenseAggregation",
+    "HyperConnections",
     "ModelDims",
     "NoReuse",
     "SelectiveGate",

@@ -1,0 +1,121 @@
+r"""The per-layer states of the dense strategies, kept in one write-once buffer.
+
+DenseFormer and MUDDFormer aggregate over the embedding and every block output so far,
+``out[s] = Σ_j w[..., s, j] · X_j``. Stacking the ``X_j`` anew after every layer copies
+``O(L²)`` states and keeps every stack alive for backward. Instead, :func:`init_depth_states`
+allocates one buffer ``(slots, batch, seq, dim)``; :func:`append_depth_state` writes each state
+into its slot once; :func:`aggregate_depth_states` runs
+:func:`~value_routing.kernels.depth_aggregate` over a *view* of the filled slots.
+
+Autograd needs care: a plain ``buffer[j] = x`` followed by an aggregation over ``buffer[:n]``
+saves that view for backward, and the next write bumps the buffer's version counter, so
+backward fails. Two small autograd functions keep the buffer out of autograd's bookkeeping:
+
+* ``_WriteSlot`` copies ``x`` into its slot and returns a *handle*: a storage-free tensor of
+  ``x``'s shape whose gradient is handed to ``x``. ``x`` itself is not kept alive.
+* ``_AggregateSlots`` takes the buffer view, the weights and the handles of the slots it
+  reads; backward returns ``dstates`` to the handles and ``dweights`` from the view. The view
+  is held on ``ctx`` (not ``save_for_backward``): slots are written once and never change
+  afterwards, so what backward reads is exactly what forward read.
+
+Both trace under ``torch.compile(fullgraph=True)``. ``impl="stack"`` keeps the states in a
+tuple and stacks them on every aggregation: the naive variant benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from value_routing.kernels.depth_aggregate import depth_aggregate
+from value_routing.typing import Float, Tensor
+
+#: Storage of the per-layer states: one preallocated buffer, or a torch.stack per aggregation.
+DEPTH_IMPLS: tuple[str, ...] = ("buffer", "stack")
+
+
+def check_impl(impl: str) -> str:
+    """Return ``impl`` if it names a storage, else raise a ValueError naming the field."""
+    if impl not in DEPTH_IMPLS:
+        raise ValueError(f"impl must be one of {DEPTH_IMPLS}, got {impl!r}")
+    return impl
+
+
+class DepthStates(NamedTuple):
+    """States written so far: ``len(handles)`` filled slots.
+
+    ``buffer`` is ``(slots, batch, seq, dim)`` for ``impl="buffer"`` (``handles`` are the
+    autograd handles of the slots) and ``None`` for ``impl="stack"`` (``handles`` are the
+    states themselves).
+    """
+
+    buffer: Float[Tensor, "slots batch seq dim"] | None
+    handles: tuple[Tensor, ...]
+
+
+class _WriteSlot(torch.autograd.Function):
+    """``buffer[slot] = x``; returns a storage-free handle that routes gradients to ``x``."""
+
+    @staticmethod
+    def forward(ctx, buffer: Tensor, x: Tensor, slot: int) -> Tensor:
+        buffer[slot] = x
+        return x.new_zeros(()).expand_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return None, grad, None
+
+
+class _AggregateSlots(torch.autograd.Function):
+    """``depth_aggregate(states, weights)`` with gradients to the slot handles."""
+
+    @staticmethod
+    def forward(ctx, states: Tensor, weights: Tensor, *handles: Tensor) -> Tensor:
+        ctx.save_for_backward(weights)
+        ctx.states = states  # write-once slots: safe to read in backward (see module docstring)
+        return depth_aggregate(states, weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (weights,) = ctx.saved_tensors
+        states = ctx.states
+        grad_weights = None
+        if ctx.needs_input_grad[1]:
+            full = torch.einsum("sbtd,jbtd->btsj", grad, states.to(grad.dtype))
+            grad_weights = full.sum_to_size(weights.shape).to(weights.dtype)
+        grad_states = depth_aggregate(grad, weights.transpose(-1, -2))  # (depth, batch, seq, dim)
+        return None, grad_weights, *grad_states.unbind(0)
+
+
+def init_depth_states(x0: Float[Tensor, "batch seq dim"], slots: int, impl: str = "buffer") -> DepthStates:
+    """States holding ``x0`` in slot 0, with room for ``slots`` states in all."""
+    if impl == "stack":
+        return DepthStates(None, (x0,))
+    buffer = x0.new_empty((slots, *x0.shape))
+    return DepthStates(buffer, (_WriteSlot.apply(buffer, x0, 0),))
+
+
+def append_depth_state(states: DepthStates, x: Float[Tensor, "batch seq dim"]) -> DepthStates:
+    """``states`` with ``x`` written into the next slot."""
+    if states.buffer is None:
+        return DepthStates(None, (*states.handles, x))
+    slot = len(states.handles)
+    return DepthStates(states.buffer, (*states.handles, _WriteSlot.apply(states.buffer, x, slot)))
+
+
+def aggregate_depth_states(
+    states: DepthStates,
+    weights: Float[Tensor, "#batch #seq streams depth"],
+    start: int = 0,
+    step: int = 1,
+) -> Float[Tensor, "streams batch seq dim"]:
+    """``Σ_j weights[..., s, j] · X_{start + j·step}`` over the filled slots ``start, start+step, …``."""
+    n = len(states.handles)
+    handles = states.handles[start:n:step]
+    if states.buffer is None:
+        return depth_aggregate(torch.stack(handles), weights)
+    return _AggregateSlots.apply(states.buffer[start:n:step], weights, *handles)

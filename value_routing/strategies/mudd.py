@@ -1,0 +1,119 @@
+r"""DynamicDenseAggregation (MUDDFormer): per-token dense connections for four input streams.
+
+With :math:`X_0` the embedding and :math:`X_i` the output of block :math:`i = 1..L`
+(``layer = i - 1``), the inputs of block :math:`i+1` are four streams
+:math:`c \in \{Q, K, V, R\}`
+
+.. math::
+
+    X^c_i = \sum_{j=0}^{i} A^c_{i,j}\, X_j, \qquad
+    A_i = \mathrm{GELU}\big(\mathrm{RMSNorm}(X_i)\, W^1_i\big)\, W^2_i + a_i
+
+where RMSNorm has no scale, :math:`W^1_i \in \mathbb{R}^{d \times C(i+1)}`,
+:math:`W^2_i \in \mathbb{R}^{C(i+1) \times C(i+1)}` and the static weights
+:math:`a_i \in \mathbb{R}^{C \times (i+1)}`, so :math:`A_i` holds, per token, one weight per
+stream and earlier state. Block :math:`i+1` computes attention from
+:math:`\mathrm{norm}(X^Q_i), \mathrm{norm}(X^K_i), \mathrm{norm}(X^V_i)` and adds it to the
+residual stream :math:`X^R_i`. After the last block only :math:`R` is needed (:math:`C=1`);
+it feeds the final norm. Block 1 reads the embedding for all streams.
+
+Initialisation: :math:`a_i` is 1 on the newest state :math:`X_i` for every stream and 0
+elsewhere, :math:`W^2_i = 0` and :math:`W^1_i \sim \mathcal{N}(0, \text{init\_std}^2)`, so the
+model starts as the baseline and the dynamic part grows from zero. :math:`a_i` is stored as
+1-D vectors (no weight decay under the recipes' "matrices only" rule).
+
+The states live in one write-once buffer (:mod:`value_routing.strategies.depth_states`);
+``impl="stack"`` is the naive ``torch.stack``-per-layer variant, kept for benchmarks. All
+operations are per token, so incremental decoding needs the new tokens' states only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.depth_states import (
+    DepthStates,
+    aggregate_depth_states,
+    append_depth_state,
+    check_impl,
+    init_depth_states,
+)
+from value_routing.typing import Float, Tensor
+
+#: The streams every block but the last reads, in the order of :math:`A_i`'s stream axis.
+MUDD_STREAMS: tuple[str, ...] = ("q", "k", "v", "r")
+
+
+class MuddState(NamedTuple):
+    """The per-layer states and the query/key/value inputs of the next block (``None`` for block 1)."""
+
+    states: DepthStates
+    qkv: tuple[Tensor, Tensor, Tensor] | None
+
+
+class DynamicDenseAggregation(Strategy):
+    """MUDDFormer multiway dynamic dense connections (see module docstring for the equation)."""
+
+    def __init__(
+        self, d_model: int, n_layers: int, impl: str = "buffer", init_std: float = 0.02, norm_eps: float = 1e-6
+    ) -> None:
+        super().__init__(n_layers)
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model}")
+        if init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {init_std}")
+        self.d_model, self.impl, self.norm_eps = d_model, check_impl(impl), norm_eps
+        self.w1, self.w2, self.static = nn.ModuleList(), nn.ModuleList(), nn.ParameterList()
+        for layer in range(n_layers):
+            streams, depth = self.n_streams(layer), layer + 2
+            width = streams * depth
+            self.w1.append(nn.Linear(d_model, width, bias=False))
+            self.w2.append(nn.Linear(width, width, bias=False))
+            nn.init.normal_(self.w1[-1].weight, std=init_std)
+            nn.init.zeros_(self.w2[-1].weight)
+            static = torch.zeros(streams, depth)
+            static[:, -1] = 1.0
+            self.static.append(nn.Parameter(static.flatten()))
+
+    @classmethod
+    def for_model(cls, dims: ModelDims, **options) -> "DynamicDenseAggregation":
+        return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
+
+    def n_streams(self, layer: int) -> int:
+        """4 (Q, K, V, R) after every block but the last, 1 (R) after the last."""
+        return 1 if layer == self.n_layers - 1 else len(MUDD_STREAMS)
+
+    def weights(self, layer: int, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq streams depth"]:
+        """:math:`A_i` after block ``layer`` from its output ``x``: ``(batch, seq, streams, layer + 2)``."""
+        check_layer(layer, self.n_layers)
+        streams, depth = self.n_streams(layer), layer + 2
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        h = F.rms_norm(xf, (x.shape[-1],), eps=self.norm_eps).to(x.dtype)
+        dynamic = self.w2[layer](F.gelu(self.w1[layer](h)))
+        static = self.static[layer].to(dynamic.dtype)
+        return (dynamic + static).unflatten(-1, (streams, depth))
+
+    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> MuddState:
+        return MuddState(init_depth_states(x0, self.n_layers + 1, self.impl), None)
+
+    def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: MuddState) -> BlockInput:
+        if state.qkv is None:
+            return BlockInput(x)
+        q, k, v = state.qkv
+        return BlockInput(x, q, k, v)
+
+    def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: MuddState):
+        states = append_depth_state(state.states, y)
+        streams = aggregate_depth_states(states, self.weights(layer, y))
+        if streams.shape[0] == 1:
+            return streams[0], MuddState(states, None)
+        q, k, v, r = streams.unbind(0)
+        return r, MuddState(states, (q, k, v))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_layers={self.n_layers}, impl={self.impl!r}"
