@@ -40,7 +40,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from value_routing.kernels.depth_aggregate import depth_aggregate
@@ -70,6 +69,8 @@ class HyperConnections(Strategy):
             raise ValueError(f"rate must be >= 1, got {rate}")
         if not isinstance(dynamic, bool):
             raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
+        if not norm_eps >= 0:
+            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
         self.d_model, self.rate, self.dynamic, self.norm_eps = d_model, rate, dynamic, norm_eps
         self.static_alpha = nn.ParameterList()  # per layer: (n, n + 1) = [A_m | A_r], flattened
         self.static_beta = nn.ParameterList()  # per layer: (n,)
@@ -98,8 +99,9 @@ class HyperConnections(Strategy):
         beta = self.static_beta[layer].to(hyper.dtype)
         if not self.dynamic:
             return alpha.t()[None, None], beta.view(n, 1, 1, 1)
-        normed = F.rms_norm(hyper, (hyper.shape[-1],), eps=self.norm_eps)
-        dyn = torch.tanh(normed @ self.proj[layer].to(hyper.dtype).t())  # (n, batch, seq, n + 2)
+        # RMSNorm(H) W = rstd(H) · (H W): backward keeps H (kept anyway), not a normalised copy
+        rstd = torch.rsqrt(hyper.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        dyn = torch.tanh((hyper @ self.proj[layer].to(hyper.dtype).t()) * rstd)  # (n, batch, seq, n + 2)
         s_alpha, s_beta = self.scales[layer].to(hyper.dtype).unbind(0)
         alpha = s_alpha * dyn[..., : n + 1] + alpha.view(n, 1, 1, n + 1)  # (n, batch, seq, n + 1)
         beta = s_beta * dyn[..., n + 1 :] + beta.view(n, 1, 1, 1)
@@ -108,11 +110,12 @@ class HyperConnections(Strategy):
     def _enter(self, layer: int, hyper: Tensor) -> HyperState:
         alpha, beta = self.connection(layer, hyper)
         mixed = depth_aggregate(hyper, alpha)  # (1 + n, batch, seq, dim)
-        return HyperState(mixed[0], mixed[1:], beta)
+        # the block saves h: a copy of its own lets ``mixed`` be freed after block_output
+        return HyperState(mixed[0].clone(memory_format=torch.contiguous_format), mixed[1:], beta)
 
     def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> HyperState:
         mix_dtype = torch.promote_types(x0.dtype, torch.float32)
-        return self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape))
+        return self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape).contiguous())
 
     def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: HyperState) -> BlockInput:
         return BlockInput(state.h.to(x.dtype))
@@ -120,7 +123,8 @@ class HyperConnections(Strategy):
     def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: HyperState):
         check_layer(layer, self.n_layers)
         h = state.h.to(y.dtype)
-        hyper = state.carried + state.beta * (y - h).to(state.carried.dtype)
+        # contiguous, so that the matmul in ``connection`` saves H itself, not a reshaped copy
+        hyper = (state.carried + state.beta * (y - h).to(state.carried.dtype)).contiguous()
         if layer == self.n_layers - 1:
             return hyper.sum(0).to(y.dtype), None
         state = self._enter(layer + 1, hyper)

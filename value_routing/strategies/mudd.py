@@ -67,6 +67,8 @@ class DynamicDenseAggregation(Strategy):
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         if init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {init_std}")
+        if not norm_eps >= 0:
+            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
         self.d_model, self.impl, self.norm_eps = d_model, check_impl(impl), norm_eps
         self.w1, self.w2, self.static = nn.ModuleList(), nn.ModuleList(), nn.ParameterList()
         for layer in range(n_layers):
@@ -92,9 +94,11 @@ class DynamicDenseAggregation(Strategy):
         """:math:`A_i` after block ``layer`` from its output ``x``: ``(batch, seq, streams, layer + 2)``."""
         check_layer(layer, self.n_layers)
         streams, depth = self.n_streams(layer), layer + 2
+        # RMSNorm(x) W1 = rstd(x) · (x W1): scaling after the projection saves only x (kept
+        # anyway) for backward, not a normalised copy of it
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        h = F.rms_norm(xf, (x.shape[-1],), eps=self.norm_eps).to(x.dtype)
-        dynamic = self.w2[layer](F.gelu(self.w1[layer](h)))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.norm_eps).to(x.dtype)
+        dynamic = self.w2[layer](F.gelu(self.w1[layer](x) * rstd))
         static = self.static[layer].to(dynamic.dtype)
         return (dynamic + static).unflatten(-1, (streams, depth))
 
