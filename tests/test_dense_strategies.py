@@ -270,13 +270,21 @@ def test_causal_and_decode_equals_full_forward(strategy, options):
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """Reset dynamo before and after: compiled frames of one test must not make later tests'
+    shapes "automatically dynamic" (SDPA's is_causal then becomes a SymBool)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("strategy, options", [("dense", {"dilation": 2}), ("mudd", {}), ("hyper", {"rate": 2})])
-def test_compile_fullgraph_matches_eager(strategy, options):
+def test_compile_fullgraph_matches_eager(strategy, options, fresh_dynamo):
     """One compile per strategy, forward and backward, float64. The aot_eager backend runs the
     whole capture (dynamo, fullgraph: no graph break) and AOTAutograd (functionalised buffer
     writes, the custom autograd functions) without inductor's C++ codegen, which costs ~1 min
     of CPU per model cold; the blocks' inductor path is covered by test_model."""
-    torch._dynamo.reset()
     model = model_for(tiny(strategy, options, n_layers=2)).train()
     x = tokens(2, 8)
     eager = model(x).logits
