@@ -1,7 +1,8 @@
 """MkDocs hook: stand-in pages for files that a generator writes into ``docs/``.
 
-``docs/benchmarks.md`` (with its plots under ``docs/assets/bench_*``) is written by the benchmark
-recipe. Until it exists, a short page says how to produce it, so the nav entry and the links to
+``docs/benchmarks.md`` (with its plots under ``docs/assets/bench_*``) holds measured benchmark
+results committed from a run of ``recipes.bench``. Until it exists, a short page says how to
+produce them, so the nav entry and the links to
 it stay valid under ``--strict``. Once the real file is there it is used as is.
 """
 
@@ -12,10 +13,17 @@ from mkdocs.structure.files import File, Files
 PLACEHOLDERS = {
     "benchmarks.md": """# Benchmarks
 
-No benchmark results have been generated in this checkout yet. The benchmark recipes in
-`recipes/` (`python -m recipes.bench ...`) measure throughput, memory and kernel speed-ups in one
-run and write this page, with its tables and plots, to `docs/benchmarks.md` and
-`docs/assets/bench_*`.
+No measured results are committed in this checkout yet. Produce them on your machine with
+
+```bash
+python -m recipes.bench --out runs/bench            # --device cuda on a GPU; --quick for a smoke run
+```
+
+which trains every registered strategy on the same batch from the same initial weights, times
+the train steps interleaved with the baseline's, and writes `tables.md` (step time and peak
+memory relative to the baseline, buffer-vs-stack speed-ups, sweeps over sequence length and
+depth), `results.json` and the plot `bench_<device>.png` into `--out`. See
+[`recipes.bench`][recipes.bench] for the method.
 """,
 }
 
