@@ -179,3 +179,14 @@ def test_builders_cover_every_size_and_small_is_128m():
             assert build(size).n_layers >= 4
     with pytest.raises(ValueError, match="size must be one of"):
         model_config("huge")
+
+
+def test_compiled_model_handles_new_sequence_lengths():
+    """A second length makes dynamo trace ``seq`` symbolically; results must still match."""
+    torch._dynamo.reset()
+    model = model_for(tiny("satformer", n_layers=2), dtype=torch.float32)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for seq in (8, 6, 5):
+        x = tokens(2, seq)
+        torch.testing.assert_close(compiled(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()

@@ -44,8 +44,11 @@ def sdpa_attention(
         raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     gqa = heads != kv_heads
-    if mask.seq_lens is None and (mask.q_offset == 0 or q_len == 1):
-        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=q_len > 1, enable_gqa=gqa)
+    # Branch in Python so ``is_causal`` stays a constant when dynamo makes ``q_len`` symbolic.
+    if mask.seq_lens is None and q_len == 1:
+        out = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=gqa)
+    elif mask.seq_lens is None and mask.q_offset == 0:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     else:
         dense = mask.dense(q_len, kv_len, q.device)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=dense, enable_gqa=gqa)
