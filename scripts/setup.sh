@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev,triton,xformers,docs,hf,eval]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,triton,xformers,docs,hf,eval,bench]"
   echo "$want" > "$stamp"
 fi
 # Headless Chromium renders the built docs in tests/test_docs.py (Debian's package, as root).
