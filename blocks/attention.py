@@ -85,6 +85,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
         v_raw = v.view(batch, seq, self.n_kv_heads, self.head_dim)
         v = mix_value(v_raw, v1, hv) if logits is None else mix_value(v_raw, v1, hv, logits=logits)
+        v = v.contiguous()  # an unmixed v is a slice of the QKV output: don't keep all of it for backward
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
