@@ -1,7 +1,9 @@
 """The main demo: train the tiny SATFormer and baselines on the embedded corpus, compare them.
 
 ``python -m recipes.train`` trains every registered strategy at the ``tiny`` size with the
-same seed, data order and optimiser, then prints validation loss per strategy.
+same seed, data order and optimiser, then prints validation loss per strategy and, unless
+``--no-mqar``, the accuracy of a small model of each strategy on multi-query associative recall
+(:mod:`recipes.mqar`, ~20 s per strategy).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -110,14 +112,16 @@ def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val
     return RunResult(model_cfg.strategy, model.num_params(), evaluate(model, val, cfg), seconds, tokens / seconds)
 
 
-def format_table(results: list[RunResult]) -> str:
+def format_table(results: list[RunResult], mqar: dict[str, float] | None = None) -> str:
+    """The demo's table; ``mqar`` maps strategies to MQAR accuracy (a column when given)."""
     base = next((r.val_loss for r in results if r.strategy == "baseline"), None)
-    lines = [f"{'strategy':<12}{'params':>10}{'val loss':>10}{'bits/byte':>11}{'Δ vs base':>11}{'tok/s':>9}"]
+    lines = [f"{'strategy':<12}{'params':>10}{'val loss':>10}{'bits/byte':>11}{'Δ vs base':>11}{'tok/s':>9}"
+             + (f"{'MQAR acc':>10}" if mqar else "")]
     for r in results:
         delta = f"{r.val_loss - base:+.4f}" if base is not None else "-"
         lines.append(
             f"{r.strategy:<12}{r.params / 1e6:>9.2f}M{r.val_loss:>10.4f}{r.val_loss / math.log(2):>11.4f}"
-            f"{delta:>11}{r.tokens_per_s:>9.0f}"
+            f"{delta:>11}{r.tokens_per_s:>9.0f}" + (f"{mqar[r.strategy]:>10.3f}" if mqar else "")
         )
     return "\n".join(lines)
 
@@ -132,6 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--no-mqar", action="store_true", help="skip the MQAR recall column (recipes.mqar)")
     return p.parse_args(argv)
 
 
@@ -145,7 +150,15 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     results = []
     for name in tqdm(args.strategies, desc="strategies"):
         results.append(train_one(BUILDERS[name](args.size), cfg, train, val))
-    print(format_table(results))
+    mqar = None
+    if not args.no_mqar:
+        from recipes.mqar import DEMO_TASK, DEMO_TRAIN, format_mqar, train_mqar  # mqar imports this module
+
+        mqar_cfg = replace(DEMO_TRAIN, seed=args.seed)
+        runs = [train_mqar(name, DEMO_TASK, mqar_cfg) for name in tqdm(args.strategies, desc="MQAR")]
+        print(format_mqar(runs, DEMO_TASK))
+        mqar = {r.strategy: r.accuracy for r in runs}
+    print(format_table(results, mqar))
     return results
 
 
