@@ -219,7 +219,7 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     """A tiny SATFormer trained ``steps`` steps on the embedded corpus (as in the demo)."""
     from recipes.builders import satformer
     from recipes.data import embedded_corpus, random_batch
-    from recipes.train import TrainConfig, lm_loss, lr_at, make_optimizer
+    from recipes.train import TrainConfig, make_optimizer, train_step
 
     cfg = TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps - 1), seed=seed)
     train, _ = embedded_corpus()
@@ -227,13 +227,7 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     model = CausalLM(satformer("tiny", act=act))
     opt, gen = make_optimizer(model, cfg), torch.Generator().manual_seed(seed)
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = lm_loss(model, *random_batch(train, cfg.batch_size, cfg.seq_len, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        train_step(model, opt, step, cfg, random_batch(train, cfg.batch_size, cfg.seq_len, gen))
     return model
 
 

@@ -80,6 +80,18 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
 
+def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) -> torch.Tensor:
+    """One optimiser step on ``batch = (inputs, targets)`` at the scheduled lr; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss = loss_fn(model, *batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss
+
+
 @torch.no_grad()
 def evaluate(model: CausalLM, val: torch.Tensor, cfg: TrainConfig) -> float:
     """Mean loss over ``eval_batches`` fixed validation windows (same for every strategy)."""
@@ -99,13 +111,7 @@ def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"{model_cfg.strategy:>10}", leave=False, mininterval=1.0)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = step_fn(model, *random_batch(train, cfg.batch_size, cfg.seq_len, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = train_step(model, opt, step, cfg, random_batch(train, cfg.batch_size, cfg.seq_len, gen), step_fn)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     seconds = time.perf_counter() - start
     tokens = cfg.steps * cfg.batch_size * cfg.seq_len
