@@ -24,7 +24,7 @@ import torch
 
 from recipes.model import CausalLM
 from value_routing.strategies import SelectiveGate
-from value_routing.typing import Float, Int, Tensor
+from value_routing.typing import Float, Int, Tensor, shapecheck
 
 #: Byte classes, in the order of the ids returned by :func:`token_classes`.
 TOKEN_CLASSES: tuple[str, ...] = ("newline", "whitespace", "letter", "keyword", "digit", "punct", "other")
@@ -45,14 +45,17 @@ def _byte_class_table() -> Int[Tensor, " 257"]:
     return table
 
 
+_BYTE_CLASS = _byte_class_table()
+
+
+@shapecheck
 def token_classes(tokens: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch seq"]:
     """Class id (index into :data:`TOKEN_CLASSES`) of every byte token.
 
     ``keyword`` marks the first byte of a word that is a Python keyword (``def``, ``return``,
     ...); the rest of that word stays ``letter``. Tokens outside ``[0, 256)`` are ``other``.
     """
-    table = _byte_class_table()
-    classes = table[tokens.clamp(0, 256).cpu()]
+    classes = _BYTE_CLASS[tokens.clamp(0, 256).cpu()]
     kw = TOKEN_CLASSES.index("keyword")
     for row, seq in enumerate(tokens.cpu().tolist()):
         data = bytes(t if 0 <= t < 256 else 0 for t in seq)
