@@ -35,7 +35,7 @@ from recipes.config import ModelConfig
 from recipes.model import CausalLM
 from recipes.train import TrainConfig, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
-from value_routing.typing import Float, Int, Tensor
+from value_routing.typing import Float, Int, Tensor, shapecheck
 
 IGNORE_INDEX = -100
 
@@ -79,6 +79,7 @@ def _sample_distinct(
     return torch.rand(batch, high - low, generator=generator).argsort(dim=-1)[:, :k] + low
 
 
+@shapecheck
 def mqar_batch(
     cfg: MQARConfig, batch: int, generator: torch.Generator
 ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
@@ -116,6 +117,7 @@ def mqar_accuracy(predictions: Int[Tensor, "batch seq"], targets: Int[Tensor, "b
     return (predictions[query] == targets[query]).float().mean().item()
 
 
+@shapecheck
 def mqar_loss(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "batch seq"]) -> Tensor:
     """Cross-entropy over query positions only."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
