@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from recipes.builders import BUILDERS
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
-from recipes.train import TrainConfig, lr_at, make_optimizer
+from recipes.train import TrainConfig, make_optimizer, train_step
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
@@ -123,6 +123,10 @@ def mqar_loss(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "ba
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
+def _model_loss(model: CausalLM, inputs: Tensor, targets: Tensor) -> Tensor:
+    return mqar_loss(model(inputs).logits, targets)
+
+
 @torch.no_grad()
 def evaluate_mqar(model: CausalLM, cfg: MQARConfig, batches: int = 4, batch_size: int = 64, seed: int = 1234) -> float:
     """Query accuracy of ``model`` on fixed held-out batches (the same for every model)."""
@@ -181,14 +185,7 @@ def train_mqar(
     gen = torch.Generator().manual_seed(cfg.seed)
     start, loss = time.perf_counter(), torch.tensor(float("nan"))
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        inputs, targets = mqar_batch(task, cfg.batch_size, gen)
-        loss = mqar_loss(model(inputs).logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = train_step(model, opt, step, cfg, mqar_batch(task, cfg.batch_size, gen), _model_loss)
     seconds = time.perf_counter() - start
     accuracy = evaluate_mqar(model, task, batches=cfg.eval_batches)
     return MQARResult(strategy, accuracy, loss.item(), seconds)
