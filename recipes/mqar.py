@@ -16,8 +16,8 @@ Reading the numbers: a model first learns to answer with *some* value from the c
 (accuracy ≈ ``1 / num_kv_pairs``, well above the uniform chance ``1 / (vocab / 2)``); real recall
 needs an induction circuit (layer 0 tags each value with its key, layer 1 matches the query),
 which appears abruptly after a plateau. The demo budget (600 steps of 64 sequences) ends around
-that transition, so its column is a coarse signal; ``--steps 1500 --batch-size 128`` gives the
-circuit time to form.
+that transition, so its column is a coarse signal; ``--steps 1500 --batch-size 128`` (~75 s per
+strategy) gives the circuit time to form, though when it forms varies with strategy and seed.
 """
 
 from __future__ import annotations
