@@ -19,6 +19,7 @@ from value_routing.kernels import (
     GATE_ACTIVATIONS,
     depth_aggregate,
     depth_aggregate_reference,
+    depth_aggregate_static,
     gate_mix,
     gate_mix_reference,
 )
@@ -55,18 +56,22 @@ def test_gate_mix_reference_and_dispatch_match_the_formula(act):
 
 @given(
     depth=st.integers(1, 5), batch=st.integers(1, 3), seq=st.integers(1, 4), dim=st.integers(1, 6),
-    streams=st.integers(1, 4), per_batch=st.booleans(), per_token=st.booleans(),
+    streams=st.integers(1, 4), per_batch=st.booleans(), per_token=st.booleans(), step=st.integers(1, 2),
 )
 def test_depth_aggregate_reference_and_dispatch_match_the_formula(
-    depth, batch, seq, dim, streams, per_batch, per_token
+    depth, batch, seq, dim, streams, per_batch, per_token, step
 ):
-    buffer = torch.randn(depth + 1, batch, seq, dim, dtype=torch.float64)
-    states = buffer[:depth]
+    """Including slot views with a step (a dilated DenseFormer reads every other slot of the buffer)
+    and static weights, which dispatch to one GEMM over the flattened slots."""
+    buffer = torch.randn(depth * step + 1, batch, seq, dim, dtype=torch.float64)
+    states = buffer[: depth * step : step]
     weights = torch.randn(batch if per_batch else 1, seq if per_token else 1, streams, depth, dtype=torch.float64)
     w = weights.expand(batch, seq, streams, depth)
     want = torch.stack([sum(w[:, :, s, j, None] * states[j] for j in range(depth)) for s in range(streams)])
     torch.testing.assert_close(depth_aggregate_reference(states, weights), want)
     torch.testing.assert_close(depth_aggregate(states, weights), want)
+    if not (per_batch or per_token):
+        torch.testing.assert_close(depth_aggregate_static(states, weights), want)
 
 
 def test_gate_mix_rejects_bad_inputs_naming_the_argument():

@@ -2,7 +2,8 @@
 
 The dispatching functions (:func:`gate_mix`, :func:`depth_aggregate`) run the Triton custom
 ops (``torch.ops.value_routing.*``, forward and backward) on CUDA tensors when Triton is
-installed, and the references everywhere else. ``*_triton`` call the ops on any device (CPU
+installed, and the references everywhere else (static depth weights, shared by every token, as
+one GEMM: :func:`depth_aggregate_static`). ``*_triton`` call the ops on any device (CPU
 through ``TRITON_INTERPRET=1``), which is how the tests check them without a GPU.
 """
 
@@ -10,6 +11,7 @@ from value_routing.kernels._triton_utils import HAS_TRITON
 from value_routing.kernels.depth_aggregate import (
     depth_aggregate,
     depth_aggregate_reference,
+    depth_aggregate_static,
     depth_aggregate_triton,
 )
 from value_routing.kernels.gate_mix import (
@@ -25,6 +27,7 @@ __all__ = [
     "HAS_TRITON",
     "depth_aggregate",
     "depth_aggregate_reference",
+    "depth_aggregate_static",
     "depth_aggregate_triton",
     "gate_activation",
     "gate_mix",

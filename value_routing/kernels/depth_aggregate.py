@@ -62,7 +62,28 @@ def depth_aggregate(
     check_depth_aggregate_inputs(states, weights)
     if use_kernel(states) and weights.device == states.device:
         return torch.ops.value_routing.depth_aggregate(states, weights)
+    if is_static(weights):
+        return depth_aggregate_static(states, weights)
     return depth_aggregate_reference(states, weights)
+
+
+def is_static(weights: Tensor) -> bool:
+    """Whether ``weights`` is shared by every token: shape ``(1, 1, streams, depth)``."""
+    return weights.shape[0] == 1 and weights.shape[1] == 1
+
+
+def depth_aggregate_static(
+    states: Float[Tensor, "depth batch seq dim"],
+    weights: Float[Tensor, "1 1 streams depth"],
+) -> Float[Tensor, "streams batch seq dim"]:
+    """The reference for weights shared by every token, as one GEMM.
+
+    ``(streams, depth) @ (depth, batch·seq·dim)``: the flattened states are a view whenever each
+    slot is contiguous (slot views of a buffer are, with any slot step), so nothing is copied;
+    the einsum of the reference instead expands the weights per token.
+    """
+    out = weights[0, 0].to(states.dtype) @ states.flatten(1)
+    return out.view(weights.shape[2], *states.shape[1:])
 
 
 def depth_aggregate_triton(

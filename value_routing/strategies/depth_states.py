@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from value_routing.kernels.depth_aggregate import depth_aggregate
+from value_routing.kernels.depth_aggregate import depth_aggregate, is_static
 from value_routing.typing import Float, Tensor
 
 #: Storage of the per-layer states: one preallocated buffer, or a torch.stack per aggregation.
@@ -84,7 +84,10 @@ class _AggregateSlots(torch.autograd.Function):
         (weights,) = ctx.saved_tensors
         states = ctx.states
         grad_weights = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and is_static(weights):  # one GEMM, as in the forward
+            grad_weights = (grad.flatten(1) @ states.flatten(1).to(grad.dtype).T).view(weights.shape)
+            grad_weights = grad_weights.to(weights.dtype)
+        elif ctx.needs_input_grad[1]:
             full = torch.einsum("sbtd,jbtd->btsj", grad, states.to(grad.dtype))
             grad_weights = full.sum_to_size(weights.shape).to(weights.dtype)
         grad_states = depth_aggregate(grad, weights.transpose(-1, -2))  # (depth, batch, seq, dim)
