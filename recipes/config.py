@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+from recipes.validate import check_choice, check_min
 from value_routing.attention import BACKENDS
 from value_routing.strategies import STRATEGIES, ModelDims, build_strategy
 
@@ -39,9 +40,7 @@ class ModelConfig:
     fuse_gate_projection: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, 1, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
@@ -50,10 +49,8 @@ class ModelConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         if self.d_ff is not None and self.d_ff < 1:
             raise ValueError(f"d_ff must be >= 1, got {self.d_ff}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
-        if self.attention_backend not in BACKENDS:
-            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
+        check_choice(self, "strategy", STRATEGIES)
+        check_choice(self, "attention_backend", BACKENDS)
         if not isinstance(self.fuse_gate_projection, bool):
             raise ValueError(f"fuse_gate_projection must be True or False, got {self.fuse_gate_projection!r}")
         self._check_strategy_options()

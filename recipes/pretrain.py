@@ -38,6 +38,7 @@ from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.shards import SHARD_FORMATS, TokenWindows
 from recipes.train import lm_loss, lr_at, make_optimizer
+from recipes.validate import check_choice, check_lr_and_warmup, check_min
 from value_routing.strategies import STRATEGIES
 
 PARALLEL = ("none", "ddp", "fsdp")
@@ -108,20 +109,12 @@ class PretrainConfig:
     model_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("size", tuple(SIZES)), ("strategy", tuple(STRATEGIES)), ("parallel", PARALLEL),
+        for name, allowed in (("size", SIZES), ("strategy", STRATEGIES), ("parallel", PARALLEL),
                               ("shard_format", SHARD_FORMATS), ("device", ("auto", "cpu", "cuda"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("steps", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ckpt_every", "eval_every", "warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.warmup >= self.steps:
-            raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
+            check_choice(self, name, allowed)
+        check_min(self, 1, "steps", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every")
+        check_min(self, 0, "ckpt_every", "eval_every")
+        check_lr_and_warmup(self)
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
         if self.resume and not self.ckpt_dir:

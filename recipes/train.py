@@ -21,6 +21,7 @@ from recipes.builders import BUILDERS, SIZES
 from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.model import CausalLM
+from recipes.validate import check_lr_and_warmup, check_min
 from value_routing.strategies import STRATEGIES
 
 
@@ -41,13 +42,8 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup < self.steps:
-            raise ValueError(f"warmup must be in [0, steps), got {self.warmup}")
+        check_min(self, 1, "steps", "batch_size", "seq_len", "eval_batches")
+        check_lr_and_warmup(self)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""Field checks shared by the recipes' frozen config dataclasses.
+
+Each raises a ValueError whose message names the field, the allowed values and the value given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+def check_min(config: Any, minimum: int, *names: str) -> None:
+    """Every field in ``names`` of ``config`` is ``>= minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_choice(config: Any, name: str, allowed: Iterable[Any]) -> None:
+    """Field ``name`` of ``config`` is one of ``allowed``."""
+    allowed, value = tuple(allowed), getattr(config, name)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_lr_and_warmup(config: Any) -> None:
+    """``lr > 0`` and ``warmup`` in ``[0, steps)``: the optimisation fields of the training configs."""
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+    if not 0 <= config.warmup < config.steps:
+        raise ValueError(f"warmup must be in [0, steps) = [0, {config.steps}), got {config.warmup}")
