@@ -12,7 +12,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -21,6 +21,7 @@ from recipes.builders import BUILDERS, SIZES, model_config
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
 from recipes.train import TrainConfig, lm_loss, make_optimizer
+from recipes.validate import check_choice, check_min
 from value_routing import strategies as strategies_module
 from value_routing.strategies import STRATEGIES, Strategy
 
@@ -53,13 +54,9 @@ class BenchConfig:
     amp: bool = False
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be one of ('cpu', 'cuda'), got {self.device!r}")
-        if self.size not in SIZES:
-            raise ValueError(f"size must be one of {tuple(SIZES)}, got {self.size!r}")
-        for name in ("batch", "seq_len", "warmup", "rounds", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_choice(self, "device", ("cpu", "cuda"))
+        check_choice(self, "size", SIZES)
+        check_min(self, 1, "batch", "seq_len", "warmup", "rounds", "steps")
         if self.n_layers is not None and self.n_layers < 2:
             raise ValueError(f"n_layers must be None or >= 2, got {self.n_layers}")
 
@@ -188,21 +185,26 @@ def time_interleaved(runners: list[Runner], rounds: int, steps: int) -> dict[str
 def peak_step_bytes(runner: Runner) -> int:
     """Highest net allocation during one train step (gradients start as ``None``)."""
     runner.opt.zero_grad(set_to_none=True)
+    return peak_call_bytes(runner.step, runner.device)
+
+
+def peak_call_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Highest net allocation on ``device`` during one call of ``fn``."""
     gc.collect()
-    if runner.device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        runner.step()
+        fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        runner.step()
+        fn()
     # Every (de)allocation event carries the allocator's running total after it; that total
-    # persists across profiling sessions, so it is taken relative to its value before the step.
+    # persists across profiling sessions, so it is taken relative to its value before the call.
     stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
     while stack:
         node = stack.pop()
@@ -215,7 +217,7 @@ def peak_step_bytes(runner: Runner) -> int:
     return max(t for _, _, t in events) - (total - size)
 
 
-def _round_stats(rounds: list[list[tuple[float, ...]]], base: list[list[tuple[float, ...]]], k: int):
+def round_ratio(rounds: list[list[tuple[float, ...]]], base: list[list[tuple[float, ...]]], k: int):
     """Median and half inter-quartile range over rounds of the per-round median ratio to ``base``."""
     ratios = [statistics.median(s[k] for s in t) / statistics.median(s[k] for s in b) for t, b in zip(rounds, base)]
     if len(ratios) < 2:
@@ -245,7 +247,7 @@ def measure(variants: list[Variant], bench: BenchConfig, mode: str) -> list[Resu
     peaks = {r.label: r.persistent_bytes() + peak_step_bytes(r) for r in runners}
     results = []
     for runner in runners:
-        wall, cycles, instr = (_round_stats(times[runner.label], times["baseline"], k) for k in range(3))
+        wall, cycles, instr = (round_ratio(times[runner.label], times["baseline"], k) for k in range(3))
         step_s = statistics.median([s[0] for t in times[runner.label] for s in t])
         results.append(Result(
             runner.label, mode, step_s * 1e3, bench.batch * bench.seq_len / step_s, peaks[runner.label],

@@ -1,0 +1,258 @@
+"""The depth routing of the dense strategies in isolation: write-once buffer vs ``torch.stack``.
+
+``python -m recipes.bench_depth [--device cpu|cuda] [--compile] [--quick] [--out DIR]``
+
+DenseFormer and MUDDFormer (every registered strategy with an ``impl`` option) build each
+block's input from all earlier states. Inside a full model that routing is a few per cent of a
+train step (see :mod:`recipes.bench`), so what its storage costs is hard to see there. This
+benchmark keeps only the routing. Every block is a stand-in of negligible cost,
+``y = x + c_i · (q + k + v) / 3`` with a learned scalar ``c_i`` (``q``, ``k``, ``v`` are the
+block inputs the strategy hands over, ``x`` for all three when it hands over one), so one pass
+is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(finalize(x)²)``,
+forward and backward.
+
+Method, as in :mod:`recipes.bench`:
+
+* both storages get the same parameters (built from one seed) and the same input, and their
+  losses are checked to agree before anything is timed;
+* passes are timed **interleaved** (each round runs a few passes of both, the start
+  alternating), ``stack ÷ buffer`` is the median over rounds of the ratio of the two medians
+  in that round, ``±`` half the inter-quartile range of those per-round ratios; on Linux CPUs
+  the ratio of user-space cycles and instructions is reported too;
+* peak memory is the highest net allocation during one pass (activations kept for backward,
+  gradients, temporaries), from ``torch.profiler`` on CPU and ``max_memory_allocated`` on CUDA.
+
+The grid is strategy × width × depth; results go to ``--out`` as ``depth.json``,
+``depth.md`` and ``depth_<device>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipes.bench_counters import process_counters
+from recipes.bench_measure import peak_call_bytes, round_ratio, time_interleaved
+from recipes.validate import check_choice, check_min
+from value_routing.strategies import STRATEGIES
+from value_routing.strategies.base import ModelDims
+from value_routing.strategies.depth_states import DEPTH_IMPLS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def routed_strategies() -> tuple[str, ...]:
+    """Registered strategies that take an ``impl`` (storage) option."""
+    return tuple(n for n, cls in STRATEGIES.items() if "impl" in inspect.signature(cls.__init__).parameters)
+
+
+@dataclass(frozen=True)
+class DepthBenchConfig:
+    """The grid (strategies × widths × depths), the input shape and how often to time."""
+
+    device: str = "cpu"
+    strategies: tuple[str, ...] = ("dense", "mudd")
+    widths: tuple[int, ...] = (256, 768)
+    depths: tuple[int, ...] = (6, 12, 24)
+    batch: int = 4
+    seq_len: int = 256
+    dtype: str = "float32"
+    warmup: int = 2
+    rounds: int = 7
+    steps: int = 2
+
+    def __post_init__(self) -> None:
+        check_choice(self, "device", ("cpu", "cuda"))
+        check_choice(self, "dtype", DTYPES)
+        unknown = [s for s in self.strategies if s not in routed_strategies()]
+        if not self.strategies or unknown:
+            raise ValueError(f"strategies must be a non-empty subset of {routed_strategies()}, got {self.strategies}")
+        for name in ("widths", "depths"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got {getattr(self, name)}")
+        check_min(self, 1, "batch", "seq_len", "warmup", "rounds", "steps")
+
+
+class RoutingRunner:
+    """One strategy with one storage and stand-in blocks; :meth:`step` runs one pass."""
+
+    def __init__(self, strategy: str, impl: str, depth: int, x0: torch.Tensor, mode: str) -> None:
+        self.label, self.device = f"{strategy}[{impl}]", x0.device
+        torch.manual_seed(0)
+        dims = ModelDims(d_model=x0.shape[-1], n_layers=depth, n_heads=1, n_kv_heads=1)
+        self.strategy = STRATEGIES[strategy].for_model(dims, impl=impl).to(x0.device, x0.dtype)
+        self.scales = nn.Parameter(torch.full((depth,), 0.1, device=x0.device, dtype=x0.dtype))
+        self.x0 = x0
+        self.loss_fn = torch.compile(self.loss, fullgraph=True) if mode == "compiled" else self.loss
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """``mean(finalize(x)²)`` after ``depth`` stand-in blocks routed by the strategy."""
+        s, x = self.strategy, x0
+        state = s.init_state(x0)
+        for layer in range(s.n_layers):
+            inp = s.block_input(layer, x, state)
+            q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
+            x, state = s.block_output(layer, inp.x + self.scales[layer] * (q + k + v) / 3, state)
+        return s.finalize(x, state).float().square().mean()
+
+    def step(self) -> None:
+        for p in (*self.strategy.parameters(), self.scales, self.x0):
+            p.grad = None
+        self.loss_fn(self.x0).backward()
+
+
+def measure_point(cfg: DepthBenchConfig, strategy: str, width: int, depth: int, mode: str) -> dict[str, Any]:
+    """Time and memory-profile both storages of ``strategy`` at one width and depth."""
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(cfg.batch, cfg.seq_len, width, generator=gen).to(device, dtype).requires_grad_()
+    runners = {impl: RoutingRunner(strategy, impl, depth, x0, mode) for impl in DEPTH_IMPLS}
+    losses = {impl: r.loss(x0).item() for impl, r in runners.items()}
+    if not math.isclose(losses["buffer"], losses["stack"], rel_tol=1e-2 if dtype != torch.float32 else 1e-4):
+        raise RuntimeError(f"{strategy}: the storages disagree, losses {losses}")
+    for runner in runners.values():
+        for _ in range(cfg.warmup):
+            runner.step()
+    order = list(runners.values())
+    time_interleaved(order, 1, 1)
+    times = time_interleaved(order, cfg.rounds, cfg.steps)
+    buf, stk = times[runners["buffer"].label], times[runners["stack"].label]
+    (speedup, spread), (cycles, _), (instructions, _) = (round_ratio(stk, buf, k) for k in range(3))
+    peaks = {impl: peak_call_bytes(r.step, device) for impl, r in runners.items()}
+    ms = {impl: 1e3 * statistics.median(s[0] for rnd in times[r.label] for s in rnd) for impl, r in runners.items()}
+    return dict(
+        strategy=strategy, width=width, depth=depth, mode=mode, buffer_ms=ms["buffer"], stack_ms=ms["stack"],
+        speedup=speedup, spread=spread, rel_cycles=cycles, rel_instructions=instructions,
+        buffer_bytes=peaks["buffer"], stack_bytes=peaks["stack"], rel_memory=peaks["stack"] / max(peaks["buffer"], 1),
+    )
+
+
+def run_grid(cfg: DepthBenchConfig, modes: list[str]) -> list[dict[str, Any]]:
+    """:func:`measure_point` over the whole grid, printing one line per point."""
+    rows = []
+    for mode in modes:
+        for strategy in cfg.strategies:
+            for width in cfg.widths:
+                for depth in cfg.depths:
+                    rows.append(measure_point(cfg, strategy, width, depth, mode))
+                    r = rows[-1]
+                    print(f"  {strategy} d={width} L={depth} {mode}: stack ÷ buffer time {r['speedup']:.2f} "
+                          f"± {r['spread']:.2f}, memory {r['rel_memory']:.2f}", flush=True)
+                if mode == "compiled":
+                    torch._dynamo.reset()
+    return rows
+
+
+def format_depth_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one line per point, the ratios stack ÷ buffer last."""
+    counters = [k for k in ("rel_cycles", "rel_instructions") if any(math.isfinite(r[k]) for r in rows)]
+    lines = [
+        "| strategy | d_model | layers | mode | buffer ms | stack ms | stack ÷ buffer time | "
+        + "".join(f"stack ÷ buffer {k.removeprefix('rel_')} | " for k in counters)
+        + "buffer MiB | stack MiB | stack ÷ buffer memory |",
+        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(counters) + "---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['width']} | {r['depth']} | {r['mode']} | {r['buffer_ms']:.1f} | "
+            f"{r['stack_ms']:.1f} | {r['speedup']:.2f} ± {r['spread']:.2f} | "
+            + "".join(f"{r[k]:.2f} | " for k in counters)
+            + f"{r['buffer_bytes'] / 2**20:.1f} | {r['stack_bytes'] / 2**20:.1f} | {r['rel_memory']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
+    """PNG: stack ÷ buffer time and memory over depth, one line per (strategy, width, mode)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed (pip install -e '.[bench]'); skipped the plot {path}")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, name in ((axes[0], "speedup", "step time"), (axes[1], "rel_memory", "peak memory")):
+        for series in dict.fromkeys((r["strategy"], r["width"], r["mode"]) for r in rows):
+            pts = sorted((r["depth"], r[key]) for r in rows if (r["strategy"], r["width"], r["mode"]) == series)
+            ax.plot(*zip(*pts), "--" if series[2] == "compiled" else "-", marker="o", ms=3,
+                    label=f"{series[0]} d={series[1]} ({series[2]})")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xlabel("layers")
+        ax.set_ylabel(f"stack ÷ buffer {name}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+#: Defaults per device: (widths, depths, batch, seq_len, dtype, rounds).
+DEFAULTS = {
+    "cpu": ((256, 768), (6, 12, 24), 4, 256, "float32", 7),
+    "cuda": ((768, 2048), (12, 24, 48), 8, 1024, "bfloat16", 15),
+    "quick": ((32,), (2, 4), 2, 16, "float32", 2),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) passes")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run: small shapes, few rounds")
+    p.add_argument("--strategies", nargs="+", default=None, help=f"default: {routed_strategies()}")
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--depths", type=int, nargs="+", default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/bench")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from recipes.bench_report import describe_machine
+
+    args = parse_args(argv)
+    process_counters()  # before torch starts its thread pool, so its threads are counted
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; use --device cpu")
+    torch.set_num_threads(args.threads)
+    widths, depths, batch, seq_len, dtype, rounds = DEFAULTS["quick" if args.quick else args.device]
+    cfg = DepthBenchConfig(
+        args.device, tuple(args.strategies or routed_strategies()), tuple(args.widths or widths),
+        tuple(args.depths or depths), args.batch or batch, args.seq_len or seq_len, dtype,
+        warmup=1 if args.quick else 2, rounds=args.rounds or rounds, steps=1 if args.quick else 2,
+    )
+    machine = describe_machine(cfg.device, args.threads)
+    print(f"{machine}\nconfig: {cfg}", flush=True)
+    t0 = time.perf_counter()
+    rows = run_grid(cfg, ["eager", "compiled"] if args.compile else ["eager"])
+    table = format_depth_table(rows)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "depth.json"), "w") as f:
+        json.dump({"machine": machine, "config": asdict(cfg), "seconds": time.perf_counter() - t0, "rows": rows}, f,
+                  indent=1)
+    with open(os.path.join(args.out, "depth.md"), "w") as f:
+        f.write(f"<!-- {machine} -->\n{table}\n")
+    plot_depth(rows, os.path.join(args.out, f"depth_{cfg.device}.png"), title=machine)
+    print(table, f"\nwrote {args.out}/ in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
