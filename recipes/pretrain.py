@@ -23,8 +23,8 @@ import random
 import socket
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import asdict, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,89 +37,11 @@ from recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.shards import SHARD_FORMATS, TokenWindows
+from recipes.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
 from recipes.train import lm_loss, lr_at, make_optimizer
-from recipes.validate import check_choice, check_lr_and_warmup, check_min
 from value_routing.strategies import STRATEGIES
 
-PARALLEL = ("none", "ddp", "fsdp")
-
-
-@dataclass(frozen=True)
-class SizeDefaults:
-    """Optimisation defaults of one model size: AdamW β=(0.9, 0.95), ε=1e-8 (``make_optimizer``),
-    weight decay 0.1 on matrices, clip 1.0, linear warmup then cosine to ``min_lr_ratio · lr``.
-
-    These follow the public ResFormer (Value Residual Learning) 82M recipe — lr 6e-4 → 6e-5,
-    warmup 120 of 10 000 steps, seq 2048, 20B tokens — with peak lr lowered with size. The
-    global batch is 0.5M tokens (ResFormer used 2M); override any of them on the command line.
-    """
-
-    lr: float
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.012
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seq_len: int = 2048
-    global_batch_tokens: int = 2**19
-    train_tokens: int = 20_000_000_000
-
-
-DEFAULTS: dict[str, SizeDefaults] = {
-    "tiny": SizeDefaults(lr=3e-3, warmup_frac=0.1, seq_len=128, global_batch_tokens=2048, train_tokens=300 * 2048),
-    "small": SizeDefaults(lr=6e-4),
-    "medium": SizeDefaults(lr=3e-4),
-    "large": SizeDefaults(lr=2.5e-4),
-    "xl": SizeDefaults(lr=2e-4),
-}
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """One pretraining run. ``steps`` spans the lr schedule; ``stop_after`` may end the job earlier."""
-
-    size: str = "tiny"
-    strategy: str = "satformer"
-    parallel: str = "none"
-    data: str = "embedded"
-    val_data: str | None = None
-    shard_format: str = "auto"
-    tokenizer: str | None = None
-    steps: int = 300
-    stop_after: int | None = None
-    micro_batch: int = 16
-    grad_accum: int = 1
-    seq_len: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    ckpt_dir: str | None = None
-    ckpt_every: int = 0
-    keep: int = 3
-    resume: bool = False
-    eval_every: int = 0
-    eval_batches: int = 8
-    log_every: int = 10
-    log_file: str | None = None
-    model_overrides: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("size", SIZES), ("strategy", STRATEGIES), ("parallel", PARALLEL),
-                              ("shard_format", SHARD_FORMATS), ("device", ("auto", "cpu", "cuda"))):
-            check_choice(self, name, allowed)
-        check_min(self, 1, "steps", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every")
-        check_min(self, 0, "ckpt_every", "eval_every")
-        check_lr_and_warmup(self)
-        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
-            raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
-        if self.resume and not self.ckpt_dir:
-            raise ValueError("resume=True needs ckpt_dir")
-
+__all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
 
 class Dist:
     """Rank, world size and device of this process; initialises the process group if asked."""
@@ -306,18 +228,6 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     return losses
 
 
-#: Options filled from :data:`DEFAULTS` of the size when not given on the command line.
-SIZED = ("steps", "micro_batch", "grad_accum", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip")
-HELP = {
-    "size": "model size; options left unset come from DEFAULTS[size]",
-    "data": "'embedded' or a glob/directory of uint16 .bin shards", "val_data": "glob/directory of validation shards",
-    "tokenizer": "'byte' or a local tokenizer.json (sets vocab_size)", "steps": "length of the lr schedule",
-    "stop_after": "stop after this step (the schedule still spans --steps)", "amp": "bf16 autocast on CUDA",
-    "resume": "continue from the newest checkpoint in --ckpt-dir, if any", "keep": "checkpoints to keep",
-    "log_file": "JSON lines with the exact loss of every step",
-}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """One option per :class:`PretrainConfig` field (``--config`` names the size, ``--set`` overrides the model)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,32 +247,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.add_argument(flag, dest=f.name, type=kind, default=default, choices=list(choices) if choices else None,
                            help=HELP.get(f.name))
     return p.parse_args(argv)
-
-
-def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
-    """A :class:`PretrainConfig` from parsed arguments, unset options taken from :data:`DEFAULTS`."""
-    d, given = DEFAULTS[args.size], vars(args)
-    seq_len = args.seq_len or d.seq_len
-    micro = args.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
-    accum = args.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
-    steps = args.steps or max(1, d.train_tokens // (seq_len * world * micro * accum))
-    warmup = args.warmup if args.warmup is not None else min(steps - 1, round(d.warmup_frac * steps))
-    sized = {k: getattr(d, k) if given[k] is None else given[k]
-             for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip")}
-    return PretrainConfig(**{
-        **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
-        "warmup": warmup, "model_overrides": dict(_parse_override(s) for s in args.model_overrides),
-    })
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string such as attention_backend=sdpa
 
 
 def main(argv: list[str] | None = None) -> list[float]:
