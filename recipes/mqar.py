@@ -15,7 +15,7 @@ Filler positions hold random tokens (or ``0`` with ``random_fill=False``).
 Reading the numbers: a model first learns to answer with *some* value from the context
 (accuracy ≈ ``1 / num_kv_pairs``, well above the uniform chance ``1 / (vocab / 2)``); real recall
 needs an induction circuit (layer 0 tags each value with its key, layer 1 matches the query),
-which appears abruptly after a plateau. The demo budget (600 steps of 64 sequences) ends around
+which appears abruptly after a plateau. The demo budget (450 steps of 64 sequences) ends around
 that transition, so its column is a coarse signal; ``--steps 1500 --batch-size 128`` (~75 s per
 strategy) gives the circuit time to form, though when it forms varies with strategy and seed.
 """
@@ -156,7 +156,7 @@ class MQARResult:
 #: the "copy one of the context values" plateau (accuracy ≈ 1 / num_kv_pairs) and only start to
 #: recall beyond it; ``--steps 1500 --batch-size 128`` shows recall emerging (see the module docs).
 DEMO_TASK = MQARConfig(vocab_size=32, seq_len=16, num_kv_pairs=3)
-DEMO_TRAIN = TrainConfig(steps=600, batch_size=64, seq_len=DEMO_TASK.seq_len, lr=3e-3, warmup=30, eval_batches=8)
+DEMO_TRAIN = TrainConfig(steps=450, batch_size=64, seq_len=DEMO_TASK.seq_len, lr=3e-3, warmup=30, eval_batches=8)
 #: Width and depth of the MQAR models (overrides of the ``tiny`` size; two layers suffice for recall).
 DEMO_MODEL: dict[str, int] = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2)
 

@@ -29,7 +29,7 @@ from value_routing.strategies import STRATEGIES
 class TrainConfig:
     """Optimisation settings of one run."""
 
-    steps: int = 300
+    steps: int = 250
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
