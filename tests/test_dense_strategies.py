@@ -8,6 +8,8 @@ full forward and torch.compile(fullgraph=True) == eager.
 
 import math
 import weakref
+from contextlib import nullcontext
+from unittest import mock
 
 import pytest
 import torch
@@ -129,22 +131,37 @@ def assert_parity(strategy, reference, x0, blocks):
 shapes = st.tuples(st.integers(1, 2), st.integers(1, 4), st.sampled_from([4, 8]))
 
 
-@given(data=st.data(), shape=shapes, n_layers=st.integers(1, 5), impl=st.sampled_from(["buffer", "stack"]))
-def test_dense_matches_reference(data, shape, n_layers, impl):
+#: The three forms of DepthStates: impl="buffer" in eager, impl="stack", and impl="buffer" as it
+#: runs inside torch.compile (the unrolled weighted sum; selected by torch.compiler.is_compiling).
+FORMS = {"buffer": ("buffer", False), "stack": ("stack", False), "sum": ("buffer", True)}
+
+
+def as_if_compiling(compiling):
+    return mock.patch.object(torch.compiler, "is_compiling", lambda: True) if compiling else nullcontext()
+
+
+@given(data=st.data(), shape=shapes, n_layers=st.integers(1, 5), form=st.sampled_from(list(FORMS)))
+def test_dense_matches_reference(data, shape, n_layers, form):
     dilation = data.draw(st.integers(1, n_layers), label="dilation")
     period = data.draw(st.integers(1, n_layers), label="period")
     torch.manual_seed(n_layers)
+    impl, compiling = FORMS[form]
     s = perturb(DenseAggregation(n_layers, dilation=dilation, period=period, impl=impl).to(F64))
     x0 = torch.randn(shape, dtype=F64, requires_grad=True)
-    assert_parity(s, dense_reference, x0, ToyBlocks(n_layers, shape[-1]))
+    with as_if_compiling(compiling):
+        assert s.init_state(x0).form == form
+        assert_parity(s, dense_reference, x0, ToyBlocks(n_layers, shape[-1]))
 
 
-@given(shape=shapes, n_layers=st.integers(1, 4), impl=st.sampled_from(["buffer", "stack"]))
-def test_mudd_matches_reference(shape, n_layers, impl):
+@given(shape=shapes, n_layers=st.integers(1, 4), form=st.sampled_from(list(FORMS)))
+def test_mudd_matches_reference(shape, n_layers, form):
     torch.manual_seed(n_layers)
+    impl, compiling = FORMS[form]
     s = perturb(DynamicDenseAggregation(shape[-1], n_layers, impl=impl).to(F64))
     x0 = torch.randn(shape, dtype=F64, requires_grad=True)
-    assert_parity(s, mudd_reference, x0, ToyBlocks(n_layers, shape[-1]))
+    with as_if_compiling(compiling):
+        assert s.init_state(x0).states.form == form
+        assert_parity(s, mudd_reference, x0, ToyBlocks(n_layers, shape[-1]))
 
 
 @given(shape=shapes, n_layers=st.integers(1, 4), rate=st.integers(1, 4), dynamic=st.booleans())
@@ -205,6 +222,23 @@ def test_buffer_never_stacks_and_frees_block_outputs(make, frees):
         if impl == "buffer":
             assert all(ref() is None for ref in keep) == frees
         out.sum().backward()
+
+
+@pytest.mark.parametrize("make", [lambda: DenseAggregation(4, dilation=2), lambda: DynamicDenseAggregation(8, 4)])
+def test_compiled_buffer_impl_neither_stacks_nor_writes_slots(make, fresh_dynamo):
+    """Inside torch.compile, impl="buffer" captures the unrolled weighted sum: the graph holds no
+    stack/cat and no buffer allocation or slot write (which functionalization would turn into copies)."""
+    s, blocks = make().to(F64), ToyBlocks(4, 8)
+    x0 = torch.randn(2, 3, 8, dtype=F64)
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes)
+        return gm.forward
+
+    out = torch.compile(lambda x: run_hooks(s, x, blocks), backend=record, fullgraph=True)(x0)
+    torch.testing.assert_close(out, run_hooks(s, x0, blocks))
+    assert targets and not {"stack", "cat", "new_empty", "setitem", "_WriteSlot", "apply"} & set(targets), targets
 
 
 # ----------------------------------------------------------------------------- model-level

@@ -18,8 +18,16 @@ backward fails. Two small autograd functions keep the buffer out of autograd's b
   is held on ``ctx`` (not ``save_for_backward``): slots are written once and never change
   afterwards, so what backward reads is exactly what forward read.
 
-Both trace under ``torch.compile(fullgraph=True)``. ``impl="stack"`` keeps the states in a
-tuple and stacks them on every aggregation: the naive variant benchmarks compare against.
+Both trace under ``torch.compile(fullgraph=True)``, but a compiled graph cannot update the
+buffer in place: functionalization turns every slot write into a copy of the buffer while
+backward still holds views of the older versions. So when the states are created *inside*
+a compiled region (:func:`torch.compiler.is_compiling`), ``impl="buffer"`` keeps them in a
+tuple and aggregates with an unrolled weighted sum ``Σ_j w_j · X_j``, which inductor fuses
+into one kernel per aggregation (each state read once, nothing stacked, nothing copied; its
+backward saves only the states, which are alive anyway).
+
+``impl="stack"`` keeps the states in a tuple and stacks them on every aggregation: the naive
+variant benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -43,16 +51,22 @@ def check_impl(impl: str) -> str:
     return impl
 
 
+#: How :class:`DepthStates` holds the states: a write-once buffer, a tuple stacked per
+#: aggregation, or a tuple summed per aggregation (``impl="buffer"`` inside torch.compile).
+DEPTH_FORMS: tuple[str, ...] = ("buffer", "stack", "sum")
+
+
 class DepthStates(NamedTuple):
     """States written so far: ``len(handles)`` filled slots.
 
-    ``buffer`` is ``(slots, batch, seq, dim)`` for ``impl="buffer"`` (``handles`` are the
-    autograd handles of the slots) and ``None`` for ``impl="stack"`` (``handles`` are the
-    states themselves).
+    For ``form="buffer"``, ``buffer`` is ``(slots, batch, seq, dim)`` and ``handles`` are the
+    autograd handles of the slots; for ``"stack"`` and ``"sum"``, ``buffer`` is ``None`` and
+    ``handles`` are the states themselves.
     """
 
     buffer: Float[Tensor, "slots batch seq dim"] | None
     handles: tuple[Tensor, ...]
+    form: str = "buffer"
 
 
 class _WriteSlot(torch.autograd.Function):
@@ -96,8 +110,8 @@ class _AggregateSlots(torch.autograd.Function):
 
 def init_depth_states(x0: Float[Tensor, "batch seq dim"], slots: int, impl: str = "buffer") -> DepthStates:
     """States holding ``x0`` in slot 0, with room for ``slots`` states in all."""
-    if impl == "stack":
-        return DepthStates(None, (x0,))
+    if impl == "stack" or torch.compiler.is_compiling():
+        return DepthStates(None, (x0,), "stack" if impl == "stack" else "sum")
     buffer = x0.new_empty((slots, *x0.shape))
     return DepthStates(buffer, (_WriteSlot.apply(buffer, x0, 0),))
 
@@ -105,9 +119,9 @@ def init_depth_states(x0: Float[Tensor, "batch seq dim"], slots: int, impl: str 
 def append_depth_state(states: DepthStates, x: Float[Tensor, "batch seq dim"]) -> DepthStates:
     """``states`` with ``x`` written into the next slot."""
     if states.buffer is None:
-        return DepthStates(None, (*states.handles, x))
+        return states._replace(handles=(*states.handles, x))
     slot = len(states.handles)
-    return DepthStates(states.buffer, (*states.handles, _WriteSlot.apply(states.buffer, x, slot)))
+    return states._replace(handles=(*states.handles, _WriteSlot.apply(states.buffer, x, slot)))
 
 
 def aggregate_depth_states(
@@ -119,6 +133,19 @@ def aggregate_depth_states(
     """``Σ_j weights[..., s, j] · X_{start + j·step}`` over the filled slots ``start, start+step, …``."""
     n = len(states.handles)
     handles = states.handles[start:n:step]
-    if states.buffer is None:
+    if states.form == "stack":
         return depth_aggregate(torch.stack(handles), weights)
+    if states.form == "sum":
+        return weighted_sum(handles, weights)
     return _AggregateSlots.apply(states.buffer[start:n:step], weights, *handles)
+
+
+def weighted_sum(
+    states: tuple[Tensor, ...], weights: Float[Tensor, "#batch #seq streams depth"]
+) -> Float[Tensor, "streams batch seq dim"]:
+    """``Σ_j weights[..., s, j] · states[j]`` unrolled over ``j``: the form inductor fuses."""
+    w = weights.movedim(2, 0).to(states[0].dtype)  # (streams, #batch, #seq, depth)
+    out = w[..., 0, None] * states[0]
+    for j in range(1, len(states)):
+        out = out + w[..., j, None] * states[j]
+    return out
