@@ -27,6 +27,7 @@ Every registered strategy (and both storages, ``buffer`` and ``stack``, of those
 Besides the main table (``--seq-len``, ``--layers``), a sweep over sequence length and over
 depth shows how the relative cost grows (eager by default; ``--sweep-compile`` adds compiled).
 Results go to ``--out`` as ``results.json``, ``tables.md`` and ``bench_<device>.png``.
+:mod:`recipes.bench_depth` measures the dense strategies' routing alone (buffer vs stack).
 """
 
 from __future__ import annotations

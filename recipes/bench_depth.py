@@ -117,7 +117,7 @@ def measure_point(cfg: DepthBenchConfig, strategy: str, width: int, depth: int, 
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(cfg.batch, cfg.seq_len, width, generator=gen).to(device, dtype).requires_grad_()
     runners = {impl: RoutingRunner(strategy, impl, depth, x0, mode) for impl in DEPTH_IMPLS}
-    losses = {impl: r.loss(x0).item() for impl, r in runners.items()}
+    losses = {impl: r.loss_fn(x0).item() for impl, r in runners.items()}  # compiled too, in that mode
     if not math.isclose(losses["buffer"], losses["stack"], rel_tol=1e-2 if dtype != torch.float32 else 1e-4):
         raise RuntimeError(f"{strategy}: the storages disagree, losses {losses}")
     for runner in runners.values():
@@ -182,19 +182,22 @@ def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, name in ((axes[0], "speedup", "step time"), (axes[1], "rel_memory", "peak memory")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    depths = sorted({r["depth"] for r in rows})
+    for ax, key, name in ((axes[0], "speedup", "time"), (axes[1], "rel_memory", "peak memory")):
         for series in dict.fromkeys((r["strategy"], r["width"], r["mode"]) for r in rows):
             pts = sorted((r["depth"], r[key]) for r in rows if (r["strategy"], r["width"], r["mode"]) == series)
             ax.plot(*zip(*pts), "--" if series[2] == "compiled" else "-", marker="o", ms=3,
                     label=f"{series[0]} d={series[1]} ({series[2]})")
         ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(depths, [str(d) for d in depths])
         ax.set_xlabel("layers")
         ax.set_ylabel(f"stack ÷ buffer {name}")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * ((len(names) + 3) // 4), 1, 1))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=72)
     plt.close(fig)
