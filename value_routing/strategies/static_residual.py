@@ -63,6 +63,8 @@ class StaticValueResidual(Strategy):
         if v1 is None:
             raise ValueError("v1 must be given for layers >= 1 (layer 0's value projection)")
         lam1, lam2 = self.lambdas()
+        if lam2.requires_grad:  # dλ2 needs v: save a copy, not the QKV output that v is a slice of
+            v = v.contiguous()
         return lam1[layer - 1].to(v.dtype) * v1 + lam2[layer - 1].to(v.dtype) * v
 
     def extra_repr(self) -> str:
