@@ -190,3 +190,24 @@ def test_compiled_model_handles_new_sequence_lengths():
         x = tokens(2, seq)
         torch.testing.assert_close(compiled(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("strategy, shared", [("baseline", 0), ("static", 1), ("satformer", 1)])
+def test_backward_keeps_no_qkv_output_alive_but_layer_0s(strategy, shared):
+    """v is a slice of each layer's fused QKV output; whatever backward saves of it (attention's v,
+    static's dλ2) must be a copy, or the whole QKV output of every layer stays alive. Only layer 0's
+    may stay, through V1, which the later layers' mixes save."""
+    cfg = ModelConfig(vocab_size=61, d_model=48, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=16,
+                      strategy=strategy)
+    model, x = CausalLM(cfg), torch.randint(0, 61, (3, 7))
+    qkv_bytes = 3 * 7 * (48 + 2 * 24) * 4  # no parameter has this size
+    storages = set()
+
+    def pack(t):
+        if t.untyped_storage().nbytes() == qkv_bytes:
+            storages.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).logits.sum()
+    assert len(storages) == shared
