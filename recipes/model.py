@@ -124,8 +124,8 @@ class CausalLM(nn.Module):
                 cache=None if cache is None else cache.layers[i],
                 extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,
             )
-            if i == 0:
-                v1 = out.v_raw
+            if i == 0:  # layer 0's v is a slice of its QKV output; every later mix saves V1: copy it
+                v1 = out.v_raw.contiguous() if self.strategy.uses_v1 else out.v_raw
             x, state = self.strategy.block_output(i, out.y, state)
         x = self.norm(self.strategy.finalize(x, state))
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
