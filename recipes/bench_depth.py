@@ -43,6 +43,7 @@ from torch import nn
 
 from recipes.bench_counters import process_counters
 from recipes.bench_measure import peak_call_bytes, round_ratio, time_interleaved
+from recipes.bench_report import measured_keys
 from recipes.validate import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.strategies.base import ModelDims
@@ -95,15 +96,19 @@ class RoutingRunner:
         self.x0 = x0
         self.loss_fn = torch.compile(self.loss, fullgraph=True) if mode == "compiled" else self.loss
 
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """``mean(finalize(x)²)`` after ``depth`` stand-in blocks routed by the strategy."""
+    def route(self, x0: torch.Tensor) -> torch.Tensor:
+        """``finalize(x)`` after ``depth`` stand-in blocks routed by the strategy."""
         s, x = self.strategy, x0
         state = s.init_state(x0)
         for layer in range(s.n_layers):
             inp = s.block_input(layer, x, state)
             q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
             x, state = s.block_output(layer, inp.x + self.scales[layer] * (q + k + v) / 3, state)
-        return s.finalize(x, state).float().square().mean()
+        return s.finalize(x, state)
+
+    def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """``mean(route(x0)²)``: the scalar one pass differentiates."""
+        return self.route(x0).float().square().mean()
 
     def step(self) -> None:
         for p in (*self.strategy.parameters(), self.scales, self.x0):
@@ -155,7 +160,7 @@ def run_grid(cfg: DepthBenchConfig, modes: list[str]) -> list[dict[str, Any]]:
 
 def format_depth_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one line per point, the ratios stack ÷ buffer last."""
-    counters = [k for k in ("rel_cycles", "rel_instructions") if any(math.isfinite(r[k]) for r in rows)]
+    counters = measured_keys(rows, ("rel_cycles", "rel_instructions"))
     lines = [
         "| strategy | d_model | layers | mode | buffer ms | stack ms | stack ÷ buffer time | "
         + "".join(f"stack ÷ buffer {k.removeprefix('rel_')} | " for k in counters)

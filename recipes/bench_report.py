@@ -30,7 +30,8 @@ METRICS = (("rel_time", "step time"), ("rel_cycles", "cycles"), ("rel_instructio
            ("rel_memory", "peak memory"))
 
 
-def _measured(rows: list[Any], keys: Iterable[str]) -> list[str]:
+def measured_keys(rows: list[Any], keys: Iterable[str]) -> list[str]:
+    """The ``keys`` with a finite value in at least one row (hardware counters may be missing)."""
     return [k for k in keys if any(math.isfinite(_get(r, k, math.nan)) for r in rows)]
 
 
@@ -53,7 +54,7 @@ def stack_speedups(results: Iterable[Any]) -> list[tuple[str, str, dict[str, flo
 def format_table(results: Iterable[Any]) -> str:
     """Markdown table of the main results, followed by the buffer-vs-stack ratios."""
     results = list(results)
-    counters = _measured(results, ("rel_cycles", "rel_instructions"))
+    counters = measured_keys(results, ("rel_cycles", "rel_instructions"))
     names = dict(METRICS)
     lines = [
         "| variant | mode | ms/step | tokens/s | step time ÷ baseline | "
@@ -78,7 +79,7 @@ def format_table(results: Iterable[Any]) -> str:
 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
     """One markdown table per (axis, mode); each cell lists the ratios to the baseline."""
-    keys = ["rel_time", *_measured(rows, ("rel_cycles", "rel_instructions")), "rel_memory"]
+    keys = ["rel_time", *measured_keys(rows, ("rel_cycles", "rel_instructions")), "rel_memory"]
     legend = " / ".join(dict(METRICS)[k] for k in keys)
     blocks = [f"Cells: {legend}, each ÷ baseline (baseline row: ms/step, peak MiB)."]
     for axis, mode in dict.fromkeys((r["axis"], r["mode"]) for r in rows):
@@ -132,7 +133,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["rel_time", *_measured(rows, ("rel_cycles", "rel_instructions")), "rel_memory"]
+    keys = ["rel_time", *measured_keys(rows, ("rel_cycles", "rel_instructions")), "rel_memory"]
     fig, axes = plt.subplots(len(keys), 2, figsize=(10, 2.6 * len(keys) + 0.8), sharey="row", squeeze=False)
     labels = [lab for lab in dict.fromkeys(r["label"] for r in rows) if lab != "baseline"]
     colors = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}

@@ -60,20 +60,10 @@ def test_routing_pass_is_per_token(strategy):
     with torch.no_grad():
         for p in runner.strategy.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    jac = torch.autograd.functional.jacobian(lambda x: runner.strategy.finalize(*_route(runner, x)), x0)
+    jac = torch.autograd.functional.jacobian(runner.route, x0)
     per_pair = jac[0, :, :, 0].abs().sum(dim=(1, 3))  # (token out, token in)
     assert (per_pair.diagonal() > 0).all()
     assert per_pair.masked_fill(torch.eye(4, dtype=torch.bool), 0).max() == 0
-
-
-def _route(runner, x0):
-    s, x = runner.strategy, x0
-    state = s.init_state(x0)
-    for layer in range(s.n_layers):
-        inp = s.block_input(layer, x, state)
-        q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
-        x, state = s.block_output(layer, inp.x + runner.scales[layer] * (q + k + v) / 3, state)
-    return x, state
 
 
 def test_measure_point_and_table():
