@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 from recipes.builders import SIZES
 from recipes.shards import SHARD_FORMATS
-from recipes.validate import check_choice, check_lr_and_warmup, check_min
+from recipes.train import OptimConfig
+from recipes.validate import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.
@@ -47,7 +48,7 @@ DEFAULTS: dict[str, SizeDefaults] = {
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(OptimConfig):
     """One pretraining run. ``steps`` spans the lr schedule; ``stop_after`` may end the job earlier."""
 
     size: str = "tiny"
@@ -62,11 +63,6 @@ class PretrainConfig:
     micro_batch: int = 16
     grad_accum: int = 1
     seq_len: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -85,9 +81,9 @@ class PretrainConfig:
         for name, allowed in (("size", SIZES), ("strategy", STRATEGIES), ("parallel", PARALLEL),
                               ("shard_format", SHARD_FORMATS), ("device", ("auto", "cpu", "cuda"))):
             check_choice(self, name, allowed)
-        check_min(self, 1, "steps", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every")
+        check_min(self, 1, "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches", "log_every")
         check_min(self, 0, "ckpt_every", "eval_every")
-        check_lr_and_warmup(self)
+        super().__post_init__()
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
         if self.resume and not self.ckpt_dir:

@@ -21,29 +21,43 @@ from recipes.builders import BUILDERS, SIZES
 from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.model import CausalLM
-from recipes.validate import check_lr_and_warmup, check_min
+from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one run."""
+class OptimConfig:
+    """The schedule and AdamW settings :func:`lr_at` and :func:`make_optimizer` read; the base of
+    :class:`TrainConfig` and :class:`recipes.pretrain_config.PretrainConfig`."""
 
     steps: int = 250
-    batch_size: int = 16
-    seq_len: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_min(self, 1, "steps")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup < self.steps:
+            raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimConfig):
+    """One run of the demo (or of :mod:`recipes.mqar`): optimisation, batch shape, evaluation."""
+
+    batch_size: int = 16
+    seq_len: int = 128
     eval_batches: int = 16
     seed: int = 0
     compile: bool = False
 
     def __post_init__(self) -> None:
-        check_min(self, 1, "steps", "batch_size", "seq_len", "eval_batches")
-        check_lr_and_warmup(self)
+        super().__post_init__()
+        check_min(self, 1, "batch_size", "seq_len", "eval_batches")
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ class RunResult:
     tokens_per_s: float
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: OptimConfig) -> float:
     """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -63,7 +77,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not norms, gains or scalar λ)."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]

@@ -22,10 +22,3 @@ def check_choice(config: Any, name: str, allowed: Iterable[Any]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
-
-def check_lr_and_warmup(config: Any) -> None:
-    """``lr > 0`` and ``warmup`` in ``[0, steps)``: the optimisation fields of the training configs."""
-    if not config.lr > 0:
-        raise ValueError(f"lr must be > 0, got {config.lr}")
-    if not 0 <= config.warmup < config.steps:
-        raise ValueError(f"warmup must be in [0, steps) = [0, {config.steps}), got {config.warmup}")
