@@ -34,6 +34,7 @@ from recipes.builders import BUILDERS
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
 from recipes.train import TrainConfig, make_optimizer, train_step
+from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
@@ -51,8 +52,7 @@ class MQARConfig:
     random_fill: bool = True
 
     def __post_init__(self) -> None:
-        if self.num_kv_pairs < 1:
-            raise ValueError(f"num_kv_pairs must be >= 1, got {self.num_kv_pairs}")
+        check_min(self, 1, "num_kv_pairs")
         if self.vocab_size // 2 - 1 < self.num_kv_pairs:
             raise ValueError(
                 f"vocab_size must be >= 2 * (num_kv_pairs + 1) = {2 * (self.num_kv_pairs + 1)} so that "

@@ -51,15 +51,11 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-#: How :class:`DepthStates` holds the states: a write-once buffer, a tuple stacked per
-#: aggregation, or a tuple summed per aggregation (``impl="buffer"`` inside torch.compile).
-DEPTH_FORMS: tuple[str, ...] = ("buffer", "stack", "sum")
-
-
 class DepthStates(NamedTuple):
     """States written so far: ``len(handles)`` filled slots.
 
-    For ``form="buffer"``, ``buffer`` is ``(slots, batch, seq, dim)`` and ``handles`` are the
+    ``form`` is how they are held: a write-once buffer, a tuple stacked per aggregation, or a
+    tuple summed per aggregation (``impl="buffer"`` inside torch.compile). For ``form="buffer"``, ``buffer`` is ``(slots, batch, seq, dim)`` and ``handles`` are the
     autograd handles of the slots; for ``"stack"`` and ``"sum"``, ``buffer`` is ``None`` and
     ``handles`` are the states themselves.
     """
@@ -98,12 +94,13 @@ class _AggregateSlots(torch.autograd.Function):
         (weights,) = ctx.saved_tensors
         states = ctx.states
         grad_weights = None
-        if ctx.needs_input_grad[1] and is_static(weights):  # one GEMM, as in the forward
-            grad_weights = (grad.flatten(1) @ states.flatten(1).to(grad.dtype).T).view(weights.shape)
+        if ctx.needs_input_grad[1]:
+            states_g = states.to(grad.dtype)
+            if is_static(weights):  # one GEMM, as in the forward
+                grad_weights = (grad.flatten(1) @ states_g.flatten(1).T).view(weights.shape)
+            else:
+                grad_weights = torch.einsum("sbtd,jbtd->btsj", grad, states_g).sum_to_size(weights.shape)
             grad_weights = grad_weights.to(weights.dtype)
-        elif ctx.needs_input_grad[1]:
-            full = torch.einsum("sbtd,jbtd->btsj", grad, states.to(grad.dtype))
-            grad_weights = full.sum_to_size(weights.shape).to(weights.dtype)
         grad_states = depth_aggregate(grad, weights.transpose(-1, -2))  # (depth, batch, seq, dim)
         return None, grad_weights, *grad_states.unbind(0)
 
