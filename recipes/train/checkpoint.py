@@ -10,16 +10,22 @@ A checkpoint is a directory ``step_00000042/`` holding
 ``rng_rank<r>.safetensors``
     each rank's torch / CUDA / numpy / python RNG states.
 ``state.json``
-    step, data position and run config; written last.
+    step, data position, run config, and the size and SHA-256 of every other file; written last.
 
 Every rank calls :func:`save_checkpoint` (gathering FSDP2 shards is collective). Files are
 written into ``.tmp-step_…`` and renamed with :func:`os.replace`, so a kill at any moment
 leaves either the previous checkpoint or the new one, never half of one. Loading uses
 ``safetensors`` and ``json`` only: nothing is unpickled.
+
+A checkpoint damaged afterwards (a truncated copy, a full disk, bit rot, a hand-edited
+``state.json``) is caught by :func:`verify_checkpoint` before anything is loaded: the error names
+the file and the reason. :func:`resumable_checkpoint` walks back to the newest intact checkpoint
+and reports the ones it skipped; nothing is ever deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,7 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -70,8 +76,59 @@ def _save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except (SafetensorError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file of a checkpoint but ``state.json`` (which records them)."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(directory.iterdir()) if p.name != STATE_FILE}
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``state.json`` of an intact checkpoint; a ValueError naming the damaged file and why otherwise.
+
+    Every file recorded in ``state.json`` must exist with its recorded size and SHA-256.
+    Checkpoints written before checksums were recorded pass if their safetensors headers parse.
+    """
+    path = Path(path)
+    state_path = path / STATE_FILE
+    if not state_path.is_file():
+        raise ValueError(f"{state_path}: missing (an incomplete checkpoint)")
+    try:
+        state = json.loads(state_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{state_path}: not valid JSON ({err})") from err
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{state_path}: no integer 'step' entry")
+    files = state.get("files")
+    if files is None:
+        for name in (MODEL_FILE, OPTIM_FILE):
+            _metadata(path / name)
+        return state
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise ValueError(f"{state_path}: 'files' does not record {MODEL_FILE}")
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"{file}: missing")
+        if file.stat().st_size != record["bytes"]:
+            raise ValueError(f"{file}: {file.stat().st_size} bytes, {record['bytes']} recorded (truncated or overwritten)")
+        if _sha256(file) != record["sha256"]:
+            raise ValueError(f"{file}: SHA-256 differs from the recorded one (corrupted)")
+    return state
 
 
 # ----------------------------------------------------------------------------- weights
@@ -92,7 +149,10 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, **m
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a safetensors state dict; tied names map to the same tensor again."""
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
     for alias, name in _metadata(Path(path)).get("aliases", {}).items():
         state[alias] = state[name]
     return state
@@ -165,6 +225,28 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def resumable_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint under ``ckpt_dir`` and the newer ones skipped, with why.
+
+    ``(None, [])`` when there is no checkpoint at all. When every ``step_*`` directory is damaged
+    this raises a ValueError listing them: resuming must not silently start from scratch.
+    """
+    root = Path(ckpt_dir)
+    steps = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()),
+                   reverse=True) if root.is_dir() else []
+    skipped: list[tuple[Path, str]] = []
+    for _, path in steps:
+        try:
+            verify_checkpoint(path)
+            return path, skipped
+        except ValueError as err:
+            skipped.append((path, str(err)))
+    if skipped:
+        reasons = "; ".join(reason for _, reason in skipped)
+        raise ValueError(f"no valid checkpoint in {root} to resume from (nothing was deleted): {reasons}")
+    return None, []
+
+
 def save_checkpoint(
     ckpt_dir: str | os.PathLike,
     step: int,
@@ -197,7 +279,8 @@ def save_checkpoint(
     _barrier()
     if rank == 0:
         state_path = tmp / STATE_FILE
-        state_path.write_text(json.dumps({**state, "step": step, "world_size": world}, indent=1))
+        record = {**state, "step": step, "world_size": world, "files": _file_records(tmp)}
+        state_path.write_text(json.dumps(record, indent=1))
         with open(state_path, "rb+") as f:
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -212,14 +295,15 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng: bool = True) -> dict[str, Any]:
+                    restore_rng: bool = True, verify: bool = True) -> dict[str, Any]:
     """Load weights, optimizer state and this rank's RNG into a (possibly sharded) model; return ``state.json``.
 
     Every rank reads the full tensors and keeps its own shard. Call before the first backward
-    (the optimizer state is materialised from parameters without gradients).
+    (the optimizer state is materialised from parameters without gradients). ``verify`` checks
+    the files against their recorded checksums first (:func:`verify_checkpoint`).
     """
     path = Path(path)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = verify_checkpoint(path) if verify else json.loads((path / STATE_FILE).read_text())
     opts = StateDictOptions(full_state_dict=True, strict=True)
     set_model_state_dict(model, load_weights(path / MODEL_FILE), options=opts)
     if optimizer is not None:
@@ -243,6 +327,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     from recipes.model import CausalLM
 
     path = Path(path)
+    if path.is_dir() and (path / STATE_FILE).exists():
+        verify_checkpoint(path)
     file = path / MODEL_FILE if path.is_dir() else path
     cfg = _metadata(file).get("model_config")
     if not cfg:

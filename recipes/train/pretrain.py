@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from typing import Any
@@ -33,7 +34,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from recipes.builders import SIZES, model_config
-from recipes.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recipes.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
@@ -187,8 +188,13 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     step, samples = 0, 0
-    if cfg.resume and (path := latest_checkpoint(cfg.ckpt_dir)) is not None:
-        state = load_checkpoint(path, model, optimizer)
+    path, skipped = resumable_checkpoint(cfg.ckpt_dir) if cfg.resume else (None, [])
+    for bad, reason in skipped:
+        if ctx.rank == 0:
+            warnings.warn(f"skipping damaged checkpoint {bad}: {reason}", RuntimeWarning, stacklevel=2)
+        log(event="skip_checkpoint", path=str(bad), reason=reason)
+    if path is not None:
+        state = load_checkpoint(path, model, optimizer, verify=False)
         for name in ("seed", "seq_len"):  # they fix the data order
             saved, given = state["config"][name], getattr(cfg, name)
             if saved != given:

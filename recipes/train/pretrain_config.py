@@ -97,7 +97,7 @@ HELP = {
     "data": "'embedded' or a glob/directory of uint16 .bin shards", "val_data": "glob/directory of validation shards",
     "tokenizer": "'byte' or a local tokenizer.json (sets vocab_size)", "steps": "length of the lr schedule",
     "stop_after": "stop after this step (the schedule still spans --steps)", "amp": "bf16 autocast on CUDA",
-    "resume": "continue from the newest checkpoint in --ckpt-dir, if any", "keep": "checkpoints to keep",
+    "resume": "continue from the newest intact checkpoint in --ckpt-dir, if any (damaged newer ones are skipped)", "keep": "checkpoints to keep",
     "log_file": "JSON lines with the exact loss of every step",
 }
 
