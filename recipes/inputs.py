@@ -49,3 +49,15 @@ def check_attention_mask(mask: object, tokens: Tensor, past_keep: Tensor | None 
     if not bool(real.all()):
         rows = (~real).nonzero().flatten().tolist()
         raise ValueError(f"attention_mask rows {rows} hold only padding (zeros); every row needs a real token")
+
+
+def check_targets(targets: object, tokens: Tensor, vocab_size: int, ignore_index: int = -100) -> None:
+    """``targets`` are integer ids in ``[0, vocab_size)`` or ``ignore_index``, shaped like ``tokens``."""
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype.is_complex:
+        raise ValueError(f"targets must be an integer tensor of token ids, got {getattr(targets, 'dtype', type(targets))}")
+    if tuple(targets.shape) != tuple(tokens.shape):
+        raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+    bad = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"targets must be ids in [0, vocab_size) = [0, {vocab_size}) or {ignore_index} (ignored), "
+                         f"got {int(targets[bad][0])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -9,11 +10,13 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from blocks import LayerCache, RMSNorm, TransformerBlock, rope_tables
 from recipes.config import ModelConfig
-from recipes.inputs import check_attention_mask, check_tokens
+from recipes.inputs import check_attention_mask, check_targets, check_tokens
 from value_routing.attention import AttentionMask, get_backend
+from value_routing.kernels import linear_cross_entropy
 from value_routing.strategies import build_strategy
 from value_routing.typing import Bool, Float, Int, Shaped, Tensor, shapecheck
 
@@ -105,9 +108,14 @@ class CausalLM(nn.Module):
         attention_mask: Tensor | None = None,
         cache: KVCache | None = None,
         seq_lens: Sequence[int] | None = None,
+        targets: Int[Tensor, "batch seq"] | None = None,
         validate: bool = True,
-    ) -> LMOutput:
-        """Logits for every position.
+    ) -> LMOutput | Float[Tensor, ""]:
+        """Logits for every position or, given ``targets``, the mean cross-entropy loss.
+
+        ``targets`` (next-token ids, ``-100`` ignored) return the loss of the LM head computed
+        in token chunks (:func:`~value_routing.kernels.linear_cross_entropy`): the full
+        ``(batch, seq, vocab)`` logits never exist, in forward or backward.
 
         ``attention_mask (batch, seq)``: 1 for real tokens, 0 for padding (left, right or both);
         padding keys are hidden from every query and rotary positions count real tokens only, so
@@ -125,7 +133,11 @@ class CausalLM(nn.Module):
             if attention_mask is not None:
                 past = None if cache is None or cache.keep is None else cache.keep[:, : cache.length]
                 check_attention_mask(attention_mask, tokens, past)
+            if targets is not None:
+                check_targets(targets, tokens, self.cfg.vocab_size)
         hidden, new_cache = self.hidden_states(tokens, attention_mask=attention_mask, cache=cache, seq_lens=seq_lens)
+        if targets is not None:
+            return linear_cross_entropy(hidden.flatten(0, 1), self.head_weight, targets.flatten())
         return LMOutput(hidden @ self.head_weight.t(), new_cache)
 
     @shapecheck
@@ -154,9 +166,12 @@ class CausalLM(nn.Module):
         x = self.embed(tokens)
         state = self.strategy.init_state(x)
         v1 = None
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
             inp = self.strategy.block_input(i, x, state)
-            out = block(
+            # Checkpointing keeps only each block's inputs; the strategies' depth state lives outside it.
+            run = functools.partial(checkpoint, block, use_reentrant=False) if recompute else block
+            out = run(
                 inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
                 cache=None if cache is None else cache.layers[i],
                 extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,

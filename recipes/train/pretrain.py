@@ -39,7 +39,7 @@ from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
-from recipes.train.optim import lm_loss, lr_at, make_optimizer
+from recipes.train.optim import chunked_lm_loss, lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -101,6 +101,7 @@ def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
         from recipes.data.tokenizers import load_tokenizer
 
         overrides["vocab_size"] = load_tokenizer(cfg.tokenizer).vocab_size
+    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
     model_cfg = model_config(cfg.size, cfg.strategy, **overrides)
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len}, got {cfg.seq_len}")
@@ -184,7 +185,8 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     train_windows, val_windows = load_data(cfg)
     model, model_cfg = build_model(cfg, ctx)
     optimizer = make_optimizer(model, cfg)
-    loss_fn = torch.compile(lm_loss) if cfg.compile else lm_loss
+    loss_fn = chunked_lm_loss if cfg.chunked_ce else lm_loss
+    loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     step, samples = 0, 0
