@@ -17,19 +17,15 @@ written into ``.tmp-step_…`` and renamed with :func:`os.replace`, so a kill at
 leaves either the previous checkpoint or the new one, never half of one. Loading uses
 ``safetensors`` and ``json`` only: nothing is unpickled.
 
-A checkpoint damaged afterwards (a truncated copy, a full disk, bit rot, a hand-edited
-``state.json``) is caught by :func:`verify_checkpoint` before anything is loaded: the error names
-the file and the reason. :func:`resumable_checkpoint` walks back to the newest intact checkpoint
-and reports the ones it skipped; nothing is ever deleted.
+A checkpoint damaged afterwards is caught before anything is loaded
+(:mod:`recipes.train.integrity`: checksums, :func:`verify_checkpoint`, :func:`resumable_checkpoint`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -47,8 +43,22 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+from recipes.train.integrity import (
+    MODEL_FILE,
+    OPTIM_FILE,
+    STATE_FILE,
+    STEP_DIR,
+    file_records,
+    read_metadata,
+    resumable_checkpoint,
+    verify_checkpoint,
+)
+
+__all__ = [
+    "MODEL_FILE", "OPTIM_FILE", "STATE_FILE", "checkpoint_dirs", "latest_checkpoint", "load_checkpoint", "load_model",
+    "load_weights", "resumable_checkpoint", "rng_state", "save_checkpoint", "save_weights", "set_rng_state",
+    "verify_checkpoint",
+]
 
 
 def _rank_world() -> tuple[int, int]:
@@ -75,62 +85,6 @@ def _save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str
         os.fsync(f.fileno())
 
 
-def _metadata(path: Path) -> dict[str, Any]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except (SafetensorError, OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_records(directory: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file of a checkpoint but ``state.json`` (which records them)."""
-    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(directory.iterdir()) if p.name != STATE_FILE}
-
-
-def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``state.json`` of an intact checkpoint; a ValueError naming the damaged file and why otherwise.
-
-    Every file recorded in ``state.json`` must exist with its recorded size and SHA-256.
-    Checkpoints written before checksums were recorded pass if their safetensors headers parse.
-    """
-    path = Path(path)
-    state_path = path / STATE_FILE
-    if not state_path.is_file():
-        raise ValueError(f"{state_path}: missing (an incomplete checkpoint)")
-    try:
-        state = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{state_path}: not valid JSON ({err})") from err
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise ValueError(f"{state_path}: no integer 'step' entry")
-    files = state.get("files")
-    if files is None:
-        for name in (MODEL_FILE, OPTIM_FILE):
-            _metadata(path / name)
-        return state
-    if not isinstance(files, dict) or MODEL_FILE not in files:
-        raise ValueError(f"{state_path}: 'files' does not record {MODEL_FILE}")
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            raise ValueError(f"{file}: missing")
-        if file.stat().st_size != record["bytes"]:
-            raise ValueError(f"{file}: {file.stat().st_size} bytes, {record['bytes']} recorded (truncated or overwritten)")
-        if _sha256(file) != record["sha256"]:
-            raise ValueError(f"{file}: SHA-256 differs from the recorded one (corrupted)")
-    return state
-
-
 # ----------------------------------------------------------------------------- weights
 def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: Any) -> None:
     """Save a state dict as safetensors, storing tensors that share memory once."""
@@ -153,7 +107,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    for alias, name in _metadata(Path(path)).get("aliases", {}).items():
+    for alias, name in read_metadata(Path(path)).get("aliases", {}).items():
         state[alias] = state[name]
     return state
 
@@ -216,35 +170,13 @@ def checkpoint_dirs(ckpt_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     dirs = checkpoint_dirs(ckpt_dir)
     return dirs[-1] if dirs else None
-
-
-def resumable_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest intact checkpoint under ``ckpt_dir`` and the newer ones skipped, with why.
-
-    ``(None, [])`` when there is no checkpoint at all. When every ``step_*`` directory is damaged
-    this raises a ValueError listing them: resuming must not silently start from scratch.
-    """
-    root = Path(ckpt_dir)
-    steps = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()),
-                   reverse=True) if root.is_dir() else []
-    skipped: list[tuple[Path, str]] = []
-    for _, path in steps:
-        try:
-            verify_checkpoint(path)
-            return path, skipped
-        except ValueError as err:
-            skipped.append((path, str(err)))
-    if skipped:
-        reasons = "; ".join(reason for _, reason in skipped)
-        raise ValueError(f"no valid checkpoint in {root} to resume from (nothing was deleted): {reasons}")
-    return None, []
 
 
 def save_checkpoint(
@@ -279,7 +211,7 @@ def save_checkpoint(
     _barrier()
     if rank == 0:
         state_path = tmp / STATE_FILE
-        record = {**state, "step": step, "world_size": world, "files": _file_records(tmp)}
+        record = {**state, "step": step, "world_size": world, "files": file_records(tmp)}
         state_path.write_text(json.dumps(record, indent=1))
         with open(state_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -307,7 +239,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     opts = StateDictOptions(full_state_dict=True, strict=True)
     set_model_state_dict(model, load_weights(path / MODEL_FILE), options=opts)
     if optimizer is not None:
-        osd = _optimizer_from_tensors(load_file(str(path / OPTIM_FILE)), _metadata(path / OPTIM_FILE))
+        osd = _optimizer_from_tensors(load_file(str(path / OPTIM_FILE)), read_metadata(path / OPTIM_FILE))
         set_optimizer_state_dict(model, optimizer, osd, options=opts)
         for group in optimizer.param_groups:  # the full-state-dict path turns tuples into lists
             if isinstance(group.get("betas"), list):
@@ -317,7 +249,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
         rng_path = path / f"rng_rank{rank}.safetensors"
         if not rng_path.is_file():  # resumed on more ranks than saved
             rng_path = path / "rng_rank0.safetensors"
-        set_rng_state(load_file(str(rng_path)), _metadata(rng_path)["rng"])
+        set_rng_state(load_file(str(rng_path)), read_metadata(rng_path)["rng"])
     return state
 
 
@@ -330,7 +262,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     if path.is_dir() and (path / STATE_FILE).exists():
         verify_checkpoint(path)
     file = path / MODEL_FILE if path.is_dir() else path
-    cfg = _metadata(file).get("model_config")
+    cfg = read_metadata(file).get("model_config")
     if not cfg:
         raise ValueError(f"{file} has no model_config metadata; build the model yourself and call load_weights")
     model = CausalLM(ModelConfig(**cfg)).to(device)
