@@ -10,7 +10,7 @@ from reference import naive_attention
 from recipes.generate import generate
 from recipes.model import KVCache
 from test_model import ALL_REGISTERED, model_for, tiny, tokens
-from value_routing.attention import AttentionMask, sdpa_attention, xformers_bias
+from value_routing.attention import AttentionMask, sdpa_attention, xformers_available, xformers_bias
 
 LENS = (5, 2, 7)
 
@@ -181,3 +181,18 @@ def test_checks_run_outside_compiled_graphs():
     explain = torch._dynamo.explain(model)(x, attention_mask=mask)
     assert explain.graph_break_count == 0
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not xformers_available(), reason="xFormers kernels need CUDA")
+@pytest.mark.parametrize("offset", [0, 3])
+def test_xformers_key_padding_matches_sdpa_on_cuda(offset):
+    from value_routing.attention import xformers_attention
+
+    q_len, kv_len = 5, offset + 5
+    keep = torch.ones(2, kv_len, dtype=torch.bool, device="cuda")
+    keep[0, :2] = False
+    mask = AttentionMask(offset, key_keep=keep)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, q_len, 4, 16, generator=g).cuda()
+    k, v = (torch.randn(2, kv_len, 2, 16, generator=g).cuda() for _ in range(2))
+    torch.testing.assert_close(xformers_attention(q, k, v, mask), sdpa_attention(q, k, v, mask), atol=2e-3, rtol=2e-3)
