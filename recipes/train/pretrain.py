@@ -126,14 +126,15 @@ def micro_step_context(model: torch.nn.Module, parallel: str, last: bool):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast) -> float:
+def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast,
+             loss_fn=lm_loss) -> float:
     """Mean loss over ``ceil(eval_batches / world) · world`` fixed validation batches."""
     per_rank = math.ceil(cfg.eval_batches / ctx.world)
     total = torch.zeros((), device=ctx.device)
     for i in range(per_rank):
         x, y = val.batch((ctx.rank * per_rank + i) * cfg.micro_batch, cfg.micro_batch)
         with autocast():
-            total += lm_loss(model, x.to(ctx.device), y.to(ctx.device)).float()
+            total += loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
     return ctx.mean(total / per_rank)
 
 
@@ -227,7 +228,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
             tick, tick_step = time.perf_counter(), step
         log(msg, step=step, loss=loss, lr=lr)
         if val_windows is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
-            val_loss = evaluate(model, val_windows, cfg, ctx, autocast)
+            val_loss = evaluate(model, val_windows, cfg, ctx, autocast, chunked_lm_loss if cfg.chunked_ce else lm_loss)
             log(f"step {step:>6} val loss {val_loss:.4f}", event="eval", step=step, val_loss=val_loss)
         if cfg.ckpt_dir and ((cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == stop):
             state = {"samples": samples, "config": asdict(cfg)}
