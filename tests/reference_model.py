@@ -1,0 +1,320 @@
+r"""An independent reference LM, written from the equations with plain loops.
+
+It imports nothing from ``value_routing``, ``blocks`` or ``recipes``: parameters come in as a
+``{name: tensor}`` dict (the names of ``CausalLM.named_parameters()``, so weights are copied by
+name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer and per head:
+
+* pre-norm block ``a = x + Attn(norm(x_q), norm(x_k), norm(x_v))``, ``y = a + SwiGLU(norm(a))``
+  with ``RMSNorm(x) = x / sqrt(mean(x²) + eps) · w``;
+* attention per query head ``h`` with kv-head ``h // (heads / kv_heads)`` (GQA),
+  ``softmax(q kᵀ / sqrt(head_dim) + causal mask) v``, optional qk-norm (RMSNorm over
+  ``head_dim``) before RoPE; RoPE rotates channel pairs ``(i, i + head_dim/2)`` by
+  ``pos · theta^(-2i/head_dim)``;
+* ``SwiGLU(x) = W2 (silu(W1 x) ⊙ W3 x)``; tied (or separate) LM head after a final RMSNorm;
+* the value hook acts on the RoPE-free value projection before attention (what a KV cache
+  stores); ``V1`` is layer 0's raw value projection.
+
+A strategy is one small class: how the residual streams enter a block (``enter``), how it
+rewrites a layer's values (``mix``), how a block's output updates the streams (``leave``) and
+what reaches the final norm (``final``). A new strategy form is one more class in
+:data:`ROUTINGS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Spec:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    strategy: str = "baseline"
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The model stores its RoPE cos/sin tables in float32 (computed in float64, then rounded);
+    #: a float64 model casts the rounded tables. The reference rounds the same way so float64
+    #: comparisons can be tight (the rounding is ~1e-8 relative in the logits).
+    rope_table_dtype: torch.dtype = torch.float32
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# ----------------------------------------------------------------------------- elementary ops
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    out = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return x / (1 + torch.exp(-x))
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(x - x.max(-1, keepdim=True).values)
+    return e / e.sum(-1, keepdim=True)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """Rotate ``x`` (batch, seq, heads, head_dim): pair ``(i, i + half)`` by ``pos·θ^(-2i/d)``."""
+    d = x.shape[-1]
+    half = d // 2
+    freq = torch.tensor([spec.rope_theta ** (-2 * i / d) for i in range(half)], dtype=torch.float64)
+    angle = positions.to(torch.float64)[:, None] * freq[None, :]
+    cos = angle.cos().to(spec.rope_table_dtype).to(x.dtype)[None, :, None, :]
+    sin = angle.sin().to(spec.rope_table_dtype).to(x.dtype)[None, :, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention, one query head at a time; ``q`` (b, t, H, d), ``k``/``v`` (b, t, KV, d)."""
+    b, t, n_heads, d = q.shape
+    group = n_heads // k.shape[2]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    out = []
+    for head in range(n_heads):
+        kv = head // group
+        scores = q[:, :, head] @ k[:, :, kv].transpose(1, 2) / math.sqrt(d)
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out.append(softmax(scores) @ v[:, :, kv])
+    return torch.stack(out, dim=2)
+
+
+def gate_activation(logits: torch.Tensor, act: str) -> torch.Tensor:
+    """SATFormer's gate activations; the softmax forms normalise over kv-heads, × heads."""
+    heads = logits.shape[-1]
+    if act == "relu":
+        return torch.where(logits > 0, logits, torch.zeros_like(logits))
+    if act == "sigmoid":
+        return 1 / (1 + torch.exp(-logits))
+    if act == "tanh":
+        return torch.tanh(logits)
+    if act == "identity":
+        return logits
+    if act == "softmax":
+        return heads * softmax(logits)
+    if act == "softmax_sigmoid":
+        return heads * softmax(logits) / (1 + torch.exp(-logits))
+    raise ValueError(act)
+
+
+# ----------------------------------------------------------------------------- one block
+
+
+def block(
+    p: Params, spec: Spec, i: int, x: torch.Tensor, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor,
+    positions: torch.Tensor, routing: "Routing", v1: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block ``i`` on residual ``x`` with attention inputs ``xq, xk, xv``; returns ``(y, raw v)``."""
+    pre = f"blocks.{i}."
+    b, t, _ = x.shape
+    H, KV, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    w_norm = p[pre + "attn_norm.weight"]
+    hq, hk, hv = (rms_norm(z, w_norm, spec.norm_eps) for z in (xq, xk, xv))
+    wqkv = p[pre + "attn.wqkv.weight"]
+    wq, wk, wv = wqkv[: H * d], wqkv[H * d : (H + KV) * d], wqkv[(H + KV) * d :]
+    q = (hq @ wq.T).view(b, t, H, d)
+    k = (hk @ wk.T).view(b, t, KV, d)
+    v_raw = (hv @ wv.T).view(b, t, KV, d)
+    v = routing.mix(i, v_raw, v1, hv)
+    if spec.qk_norm:
+        q = rms_norm(q, p[pre + "attn.q_norm.weight"], spec.norm_eps)
+        k = rms_norm(k, p[pre + "attn.k_norm.weight"], spec.norm_eps)
+    q, k = rope(q, positions, spec), rope(k, positions, spec)
+    a = x + attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T
+    h = rms_norm(a, p[pre + "ffn_norm.weight"], spec.norm_eps)
+    w13 = p[pre + "ffn.w13.weight"]
+    w1, w3 = w13[: spec.d_ff], w13[spec.d_ff :]
+    return a + (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T, v_raw
+
+
+def forward(p: Params, spec: Spec, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits ``(batch, seq, vocab)`` of the reference LM."""
+    positions = torch.arange(tokens.shape[1])
+    routing = ROUTINGS[spec.strategy](p, spec)
+    x = p["embed.weight"][tokens]
+    routing.start(x)
+    v1 = None
+    for i in range(spec.n_layers):
+        x, xq, xk, xv = routing.enter(i)
+        y, v_raw = block(p, spec, i, x, xq, xk, xv, positions, routing, v1)
+        if i == 0:
+            v1 = v_raw
+        routing.leave(i, y)
+    z = rms_norm(routing.final(), p["norm.weight"], spec.norm_eps)
+    head = p["embed.weight"] if spec.tie_embeddings else p["lm_head.weight"]
+    return z @ head.T
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+class Routing:
+    """Baseline: one residual stream, values untouched."""
+
+    def __init__(self, p: Params, spec: Spec) -> None:
+        self.p, self.spec, self.opt = p, spec, spec.options
+
+    def start(self, x0):
+        self.x = x0
+
+    def enter(self, i):
+        return self.x, self.x, self.x, self.x
+
+    def mix(self, i, v, v1, h):
+        return v
+
+    def leave(self, i, y):
+        self.x = y
+
+    def final(self):
+        return self.x
+
+
+class Static(Routing):
+    """ResFormer: ``V'_n = λ1_n V1 + λ2_n V_n`` for ``n ≥ 1``."""
+
+    def mix(self, i, v, v1, h):
+        if i == 0:
+            return v
+        mode, p = self.opt.get("mode", "learnable"), self.p
+        if mode == "fixed":
+            lam1, lam2 = self.opt.get("lambda1", 0.5), self.opt.get("lambda2", 0.5)
+        elif mode == "learnable":
+            lam1, lam2 = p["strategy.lambda1"][i - 1], p["strategy.lambda2"][i - 1]
+        else:  # λ1_n = s · softmax(ℓ)_n over layers 1..L-1
+            lam1 = p["strategy.lambda_scale"] * softmax(p["strategy.lambda_logits"])[i - 1]
+            lam2 = p["strategy.lambda2"][i - 1]
+        return lam1 * v1 + lam2 * v
+
+
+class SATFormer(Routing):
+    """``V'_n = V_n + act(W_α,n h_n) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
+
+    def mix(self, i, v, v1, h):
+        last_k = self.opt.get("last_k")
+        first = 1 if last_k is None else self.spec.n_layers - last_k
+        if i < first:
+            return v
+        alpha = gate_activation(h @ self.p[f"strategy.gates.{i - first}.weight"].T, self.opt.get("act", "relu"))
+        return v + alpha[..., None] * v1
+
+
+class DenseFormer(Routing):
+    """``Y_i = Σ_{j ≤ i, j ≡ i (mod k)} α_ij X_j`` after every ``p``-th block, else ``Y_i = X_i``."""
+
+    def start(self, x0):
+        self.x, self.states = x0, [x0]
+
+    def leave(self, i, y):
+        depth, k, period = i + 1, self.opt.get("dilation", 1), self.opt.get("period", 1)
+        self.states.append(y)
+        if depth % period:
+            self.x = y
+            return
+        alpha = self.p[f"strategy.alphas.{depth // period - 1}"]
+        sources = [j for j in range(depth + 1) if j % k == depth % k]
+        self.x = sum(alpha[n] * self.states[j] for n, j in enumerate(sources))
+
+
+class MUDDFormer(Routing):
+    """``X^c_i = Σ_j A^c_ij X_j``, ``A_i = GELU(RMSNorm(X_i) W1_i) W2_i + a_i``, streams Q, K, V, R."""
+
+    def start(self, x0):
+        self.states = [x0]
+        self.streams = (x0, x0, x0, x0)  # block 1 reads the embedding everywhere
+
+    def enter(self, i):
+        q, k, v, r = self.streams
+        return r, q, k, v
+
+    def leave(self, i, y):
+        self.states.append(y)
+        n_streams = 1 if i == self.spec.n_layers - 1 else 4
+        depth = i + 2
+        eps = self.opt.get("norm_eps", 1e-6)
+        hidden = gelu(rms_norm(y, None, eps) @ self.p[f"strategy.w1.{i}.weight"].T)
+        a = hidden @ self.p[f"strategy.w2.{i}.weight"].T + self.p[f"strategy.static.{i}"]
+        out = []
+        for c in range(n_streams):  # weight of stream c on state j: a[..., c * depth + j]
+            out.append(sum(a[..., c * depth + j, None] * self.states[j] for j in range(depth)))
+        self.streams = tuple(out) if n_streams == 4 else (None, None, None, out[0])
+
+    def final(self):
+        return self.streams[3]
+
+
+class HyperConnections(Routing):
+    """``h = A_mᵀ H``, ``H ← Bᵀ(block(h) − h) + A_rᵀ H``; dynamic weights from RMSNorm(H)."""
+
+    def start(self, x0):
+        self.n = self.opt.get("rate", 4)
+        self.H = [x0 for _ in range(self.n)]
+
+    def weights(self, i):
+        """Per stream row ``r``: ``A_m[r]`` (…), ``A_r[r, c]`` (…), ``B[r]`` (…), per token."""
+        n, p = self.n, self.p
+        static = p[f"strategy.static_alpha.{i}"].view(n, n + 1)  # row r: [A_m[r], A_r[r, 0..n-1]]
+        beta = p[f"strategy.static_beta.{i}"]
+        am = [static[r, 0] for r in range(n)]
+        ar = [[static[r, 1 + c] for c in range(n)] for r in range(n)]
+        b = [beta[r] for r in range(n)]
+        if not self.opt.get("dynamic", True):
+            return am, ar, b
+        proj = p[f"strategy.proj.{i}"]  # rows 0..n: W_α's columns, row n + 1: W_β
+        s_alpha, s_beta = p[f"strategy.scales.{i}"][0], p[f"strategy.scales.{i}"][1]
+        eps = self.opt.get("norm_eps", 1e-6)
+        for r in range(n):
+            hbar = rms_norm(self.H[r], None, eps)
+            am[r] = am[r] + s_alpha * torch.tanh(hbar @ proj[0])
+            ar[r] = [ar[r][c] + s_alpha * torch.tanh(hbar @ proj[1 + c]) for c in range(n)]
+            b[r] = b[r] + s_beta * torch.tanh(hbar @ proj[n + 1])
+        return am, ar, b
+
+    def enter(self, i):
+        self.am, self.ar, self.b = self.weights(i)
+        self.h = sum(_col(self.am[r]) * self.H[r] for r in range(self.n))
+        return self.h, self.h, self.h, self.h
+
+    def leave(self, i, y):
+        n, t = self.n, y - self.h
+        self.H = [_col(self.b[c]) * t + sum(_col(self.ar[r][c]) * self.H[r] for r in range(n)) for c in range(n)]
+
+    def final(self):
+        return sum(self.H)
+
+
+def _col(w: torch.Tensor) -> torch.Tensor:
+    """A scalar or per-token ``(batch, seq)`` weight, broadcast over the feature axis."""
+    return w if w.dim() == 0 else w[..., None]
+
+
+ROUTINGS: dict[str, type[Routing]] = {
+    "baseline": Routing,
+    "static": Static,
+    "satformer": SATFormer,
+    "dense": DenseFormer,
+    "mudd": MUDDFormer,
+    "hyper": HyperConnections,
+}
