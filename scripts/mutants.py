@@ -28,8 +28,9 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL_TESTS = ("tests/test_reference_model.py", "tests/test_model.py", "tests/test_value_strategies.py",
-               "tests/test_fused_qkv_gate.py", "tests/test_analyze.py")
+# Fast files first: with -x most mutants die in the first seconds; test_model.py (compiles) runs last.
+MODEL_TESTS = ("tests/test_reference_model.py", "tests/test_value_strategies.py", "tests/test_analyze.py",
+               "tests/test_fused_qkv_gate.py", "tests/test_model.py")
 DENSE_TESTS = ("tests/test_reference_model.py", "tests/test_dense_strategies.py", "tests/test_model.py")
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests/test_value_strategies.py",
                 "tests/test_dense_strategies.py")
@@ -116,17 +117,17 @@ MUTANTS = [
     Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.norm_eps)",
            "keepdim=True))", DENSE_TESTS),
     # checkpoint
-    Mutant("checkpoint: RNG not restored", "recipes/checkpoint.py", "    torch.set_rng_state(tensors[\"torch\"])",
+    Mutant("checkpoint: RNG not restored", "recipes/train/checkpoint.py", "    torch.set_rng_state(tensors[\"torch\"])",
            "    pass", CKPT_TESTS),
-    Mutant("checkpoint: numpy RNG not restored", "recipes/checkpoint.py", "    np.random.set_state(",
+    Mutant("checkpoint: numpy RNG not restored", "recipes/train/checkpoint.py", "    np.random.set_state(",
            "    (lambda *a: None)(", CKPT_TESTS),
-    Mutant("checkpoint: python RNG not restored", "recipes/checkpoint.py", "    random.setstate(",
+    Mutant("checkpoint: python RNG not restored", "recipes/train/checkpoint.py", "    random.setstate(",
            "    (lambda *a: None)(", CKPT_TESTS),
-    Mutant("checkpoint: optimizer state not loaded", "recipes/checkpoint.py", "if optimizer is not None:", "if False:",
+    Mutant("checkpoint: optimizer state not loaded", "recipes/train/checkpoint.py", "if optimizer is not None:", "if False:",
            CKPT_TESTS),
-    Mutant("checkpoint: keeps one too many", "recipes/checkpoint.py", "checkpoint_dirs(root)[:-keep]",
+    Mutant("checkpoint: keeps one too many", "recipes/train/checkpoint.py", "checkpoint_dirs(root)[:-keep]",
            "checkpoint_dirs(root)[:-keep - 1]", CKPT_TESTS),
-    Mutant("checkpoint: oldest taken as latest", "recipes/checkpoint.py", "return dirs[-1] if dirs", "return dirs[0] if dirs",
+    Mutant("checkpoint: oldest taken as latest", "recipes/train/checkpoint.py", "return dirs[-1] if dirs", "return dirs[0] if dirs",
            CKPT_TESTS),
 ]
 

@@ -1,7 +1,7 @@
 """MkDocs hook: stand-in pages for files that a generator writes into ``docs/``.
 
 ``docs/benchmarks.md`` renders measured benchmark results from the JSON files a run of
-``recipes.bench`` / ``recipes.bench_depth`` wrote, committed under ``docs/results/``. Until it exists, a short page says how to
+``recipes.bench`` / ``recipes.bench.depth`` wrote, committed under ``docs/results/``. Until it exists, a short page says how to
 produce them, so the nav entry and the links to
 it stay valid under ``--strict``. Once the real file is there it is used as is.
 """
@@ -23,7 +23,7 @@ which trains every registered strategy on the same batch from the same initial w
 the train steps interleaved with the baseline's, and writes `tables.md` (step time and peak
 memory relative to the baseline, buffer-vs-stack speed-ups, sweeps over sequence length and
 depth), `results.json` and the plot `bench_<device>.png` into `--out`. See
-[`recipes.bench`][recipes.bench] for the method.
+[`recipes.bench.step`][recipes.bench.step] for the method.
 """,
 }
 

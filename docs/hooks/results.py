@@ -1,7 +1,7 @@
 """MkDocs hook: numbers from runs are rendered from committed results files, never typed in.
 
 A page writes a marker where a measured table or number goes; the build replaces it with what
-the JSON under ``docs/results/`` (written by ``recipes.bench`` / ``recipes.bench_depth``) holds:
+the JSON under ``docs/results/`` (written by ``recipes.bench`` / ``recipes.bench.depth``) holds:
 
 ``<!-- results: FILE table -->``
     the main table and the buffer-vs-stack ratios (as in the run's ``tables.md``);
@@ -62,8 +62,8 @@ def _field(row: dict[str, Any], name: str) -> float:
 def render(args: str) -> str:
     name, what, *rest = args.split()
     data = _load(name)
-    from recipes import bench_report  # imported lazily: only pages with markers need torch
-    from recipes.bench_depth import format_depth_table
+    from recipes.bench import report as bench_report  # imported lazily: only pages with markers need torch
+    from recipes.bench.depth import format_depth_table
 
     if what == "table":
         return bench_report.format_table(data["main"])
