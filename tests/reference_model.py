@@ -37,10 +37,11 @@ class Spec:
     n_layers: int
     n_heads: int
     n_kv_heads: int
-    d_ff: int
+    d_ff: int | tuple[int, ...]  # one width, or one per layer
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     qk_norm: bool = False
+    qk_norm_eps: float | None = None  # None: norm_eps
     tie_embeddings: bool = True
     strategy: str = "baseline"
     options: dict[str, Any] = field(default_factory=dict)
@@ -139,13 +140,15 @@ def block(
     v_raw = (hv @ wv.T).view(b, t, KV, d)
     v = routing.mix(i, v_raw, v1, hv)
     if spec.qk_norm:
-        q = rms_norm(q, p[pre + "attn.q_norm.weight"], spec.norm_eps)
-        k = rms_norm(k, p[pre + "attn.k_norm.weight"], spec.norm_eps)
+        eps = spec.norm_eps if spec.qk_norm_eps is None else spec.qk_norm_eps
+        q = rms_norm(q, p[pre + "attn.q_norm.weight"], eps)
+        k = rms_norm(k, p[pre + "attn.k_norm.weight"], eps)
     q, k = rope(q, positions, spec), rope(k, positions, spec)
     a = x + attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T
     h = rms_norm(a, p[pre + "ffn_norm.weight"], spec.norm_eps)
     w13 = p[pre + "ffn.w13.weight"]
-    w1, w3 = w13[: spec.d_ff], w13[spec.d_ff :]
+    d_ff = spec.d_ff if isinstance(spec.d_ff, int) else spec.d_ff[i]
+    w1, w3 = w13[:d_ff], w13[d_ff:]
     return a + (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T, v_raw
 
 
