@@ -117,6 +117,8 @@ MUTANTS = [
     Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.norm_eps)",
            "keepdim=True))", DENSE_TESTS),
     # checkpoint
+    Mutant("checkpoint: resume skips the RNG restore", "recipes/train/checkpoint.py",
+           'set_rng_state(load_file(str(rng_path)), _metadata(rng_path)["rng"])', "None", CKPT_TESTS),
     Mutant("checkpoint: RNG not restored", "recipes/train/checkpoint.py", "    torch.set_rng_state(tensors[\"torch\"])",
            "    pass", CKPT_TESTS),
     Mutant("checkpoint: numpy RNG not restored", "recipes/train/checkpoint.py", "    np.random.set_state(",
