@@ -32,15 +32,15 @@ class AttentionOutput(NamedTuple):
 class CausalSelfAttention(nn.Module):
     """Multi-head attention; ``q``, ``k``, ``v`` come from one fused projection."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, qk_norm: bool, qk_norm_eps: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, qk_norm: bool, norm_eps: float) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.q_dim, self.kv_dim = n_heads * self.head_dim, n_kv_heads * self.head_dim
         self.wqkv = nn.Linear(d_model, self.q_dim + 2 * self.kv_dim, bias=False)
         self.wo = nn.Linear(self.q_dim, d_model, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, qk_norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, qk_norm_eps) if qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def project(
         self, hq: Tensor, hk: Tensor, hv: Tensor, extra: Tensor | None = None
