@@ -336,7 +336,8 @@ def test_builders_and_registry():
     assert {"dense", "mudd", "hyper"} <= set(BUILDERS)
     assert denseformer("tiny", dilation=2, period=2).strategy_options["dilation"] == 2
     assert muddformer("medium", impl="stack").strategy == "mudd"
-    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {"rate": 2, "dynamic": False}
+    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {
+        "form": "authors", "rate": 2, "dynamic": False}
 
 
 @pytest.mark.parametrize(
