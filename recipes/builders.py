@@ -64,7 +64,7 @@ def model_config(size: str = "small", strategy: str = "baseline", **overrides: A
     """Config of ``size`` running ``strategy``; ``overrides`` replace any ModelConfig field.
 
     At the paper sizes, ``strategy_options`` start from :data:`PAPER_OPTIONS` (options given
-    win) and the fields of :func:`paper_fields` are set unless overridden.
+    win). An authors' form (at any size) sets the fields of :func:`paper_fields` unless overridden.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
@@ -73,7 +73,7 @@ def model_config(size: str = "small", strategy: str = "baseline", **overrides: A
     fields, options = dict(SIZES[size]), dict(overrides.pop("strategy_options", None) or {})
     if size in PAPER_SIZES:
         options = {**PAPER_OPTIONS.get(strategy, {}), **options}
-        fields.update(paper_fields(strategy, options, overrides.get("init_std", fields["init_std"])))
+    fields.update(paper_fields(strategy, options, overrides.get("init_std", fields.get("init_std", 0.02))))
     return ModelConfig(**{**fields, "strategy": strategy, "strategy_options": options, **overrides})
 
 

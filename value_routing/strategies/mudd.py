@@ -70,7 +70,7 @@ POST_NORM_INIT = 1e-3
 
 
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
-    """:math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}` over the last axis, in float32 at least."""
+    r""":math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}` over the last axis, in float32 at least."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
