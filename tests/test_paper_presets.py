@@ -8,12 +8,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blocks import TransformerBlock, rope_tables
 from recipes import pretrain
 from recipes.builders import BUILDERS, PAPER_SIZES, hyperconnections, model_config, muddformer, resformer
 from recipes.config import ModelConfig, realloc_ffn_width
 from recipes.model import CausalLM
 from recipes.train import OptimConfig, make_optimizer
 from value_routing import DynamicDenseAggregation, HyperConnections
+from value_routing.attention import AttentionMask, get_backend
 from value_routing.strategies.base import BlockInput
 
 F64 = torch.float64
@@ -87,7 +89,8 @@ def test_realloc_widths_follow_the_formula(n_layers, d_ff):
 
 def test_realloc_hand_computed():
     assert [realloc_ffn_width(3072, i, 11) for i in (1, 2, 6, 11)] == [1536, 1792, 3072, 4608]
-    assert realloc_ffn_width(384, 1, 2) == 256 and realloc_ffn_width(700, 1, 1) == 700  # tie down; L = 1 kept
+    assert realloc_ffn_width(768, 1, 2) == 256 and realloc_ffn_width(700, 1, 1) == 700  # 384: tie down; L = 1 kept
+    assert realloc_ffn_width(1280, 1, 2) == 512  # 640 = 2.5 · 256: tie down
     assert muddformer("small").ffn_dims[0] == 1536 and muddformer("small", form="ours").ffn_dims == (3072,) * 11
 
 
@@ -119,6 +122,27 @@ def test_no_depth_rescale_of_output_projections(strategy, std):
         w = torch.cat([b.get_submodule(name).weight.flatten() for b in model.blocks])
         assert w.std().item() == pytest.approx(std if name in ("attn.wo", "ffn.w2") else 0.02, rel=0.03)
     assert all(b.attn.q_norm.eps == 1e-5 and b.attn_norm.eps == 1e-6 for b in model.blocks)
+
+
+@pytest.mark.parametrize("given_q", [True, False])
+def test_separate_qkv_norms_norm_each_input(given_q):
+    """The authors' MUDDFormer block: q, k and v inputs each through their own learned norm
+    (block 1 reads the residual stream for all three)."""
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, 2, 32, separate_qkv_norms=True).to(F64)
+    with torch.no_grad():
+        for norm in (block.attn_norm, block.attn_norm_k, block.attn_norm_v):
+            norm.weight.copy_(torch.rand(16, dtype=F64) + 0.5)
+    x, q, k, v = torch.randn(4, 1, 5, 16, dtype=F64).unbind(0)
+    inp = BlockInput(x, q, k, v) if given_q else BlockInput(x)
+    q, k, v = (q, k, v) if given_q else (x, x, x)
+    cos, sin = rope_tables(4, 5)
+    kw = dict(v1=None, mix_value=lambda v, v1, h: v, rope=(cos, sin), mask=AttentionMask(0, None),
+              attend=get_backend("sdpa", "cpu"))
+    out = block(inp, **kw).y
+    normed = [rms(t, 1e-6) * n.weight for t, n in zip((q, k, v), (block.attn_norm, block.attn_norm_k, block.attn_norm_v))]
+    a = x + block.attn(*normed, **kw).out
+    torch.testing.assert_close(out, a + block.ffn(rms(a, 1e-6) * block.ffn_norm.weight))
 
 
 # ----------------------------------------------------------------------------- equations
