@@ -1,7 +1,9 @@
 """Paper presets (issue 12): the SATFormer authors' configs per size × strategy, and the
 authors' forms of MUDDFormer and Hyper-Connections against their equations written out here."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 from blocks import TransformerBlock, rope_tables
 from recipes import pretrain
-from recipes.builders import BUILDERS, PAPER_SIZES, hyperconnections, model_config, muddformer, resformer
+from recipes.builders import BUILDERS, model_config, muddformer, param_counts, resformer
 from recipes.config import ModelConfig, realloc_ffn_width
 from recipes.model import CausalLM
 from recipes.train import OptimConfig, make_optimizer
@@ -49,6 +51,14 @@ def test_every_number_of_the_table(size, strategy):
     step_tokens = batch * accum * 4096 * world
     assert (run.steps, run.warmup) == (int(total / step_tokens), int(warmup / step_tokens))
     assert (run.weight_decay, run.grad_clip, run.decay) == (0.1, 1.0, "all")
+
+
+def test_committed_param_counts_match_the_builders():
+    """The docs' table is rendered from this file: regenerate it with
+    ``python -m recipes.builders --json > docs/assets/param_counts.json``."""
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/assets/param_counts.json").read_text())
+    assert committed == param_counts()
+    assert abs(committed["small"]["baseline"] / 1e6 - 130) < 2 and abs(committed["xl"]["baseline"] / 1e9 - 1.3) < 0.01
 
 
 def test_optimizer_decays_all_params_or_matrices():
