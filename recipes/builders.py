@@ -7,15 +7,13 @@ for the dense baselines the authors' forms (:data:`PAPER_OPTIONS`, :func:`paper_
 ``xl`` uses their Transformer/ResFormer file (32 heads, d_ff 5632): their SATFormer xl file
 says 24 heads and d_ff 5504, and 2048 is not divisible by 24. ``tiny`` is our CPU size.
 
-``python -m recipes.builders`` prints the parameter count of every size and strategy
+``python -m recipes.tools.params`` prints the parameter count of every size and strategy
 (``--json`` as JSON).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from typing import Any
 
 import torch
@@ -146,20 +144,3 @@ def count_params(cfg: ModelConfig) -> int:
 def param_counts() -> dict[str, dict[str, int]]:
     """Parameter count of every size × strategy, as the builders make them."""
     return {size: {name: count_params(build(size)) for name, build in BUILDERS.items()} for size in SIZES}
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    counts = param_counts()
-    if argv == ["--json"]:
-        print(json.dumps(counts, indent=1))
-        return
-    if argv:
-        raise ValueError(f"arguments must be [] or ['--json'], got {argv}")
-    print(f"{'size':<8}" + "".join(f"{name:>14}" for name in BUILDERS))
-    for size, row in counts.items():
-        print(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in row.values()))
-
-
-if __name__ == "__main__":
-    main()

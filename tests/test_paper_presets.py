@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks import TransformerBlock, rope_tables
-from recipes import pretrain
+from recipes.train import pretrain
 from recipes.builders import BUILDERS, model_config, muddformer, param_counts, resformer
 from recipes.config import ModelConfig, realloc_ffn_width
 from recipes.model import CausalLM
@@ -55,7 +55,7 @@ def test_every_number_of_the_table(size, strategy):
 
 def test_committed_param_counts_match_the_builders():
     """The docs' table is rendered from this file: regenerate it with
-    ``python -m recipes.builders --json > docs/assets/param_counts.json``."""
+    ``python -m recipes.tools.params --json > docs/assets/param_counts.json``."""
     committed = json.loads((Path(__file__).resolve().parents[1] / "docs/assets/param_counts.json").read_text())
     assert committed == param_counts()
     assert abs(committed["small"]["baseline"] / 1e6 - 130) < 2 and abs(committed["xl"]["baseline"] / 1e9 - 1.3) < 0.01

@@ -1,6 +1,6 @@
 """MkDocs hook: expand ``<!-- param-counts: FILE -->`` into a table of parameter counts.
 
-``FILE`` (relative to the repository root) is the JSON ``python -m recipes.builders --json``
+``FILE`` (relative to the repository root) is the JSON ``python -m recipes.tools.params --json``
 writes: ``{size: {strategy: count}}``. The table puts the paper's nominal sizes beside the counts;
 ``tests/test_paper_presets.py`` checks that the committed file matches the builders.
 """
