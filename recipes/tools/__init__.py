@@ -1,0 +1,1 @@
+"""Command-line tools that are neither training nor evaluation."""
