@@ -62,11 +62,11 @@ if [ "$have" != "$want" ]; then
   index=()
   if [ -n "${VALUE_ROUTING_TORCH_INDEX:-}" ]; then index=(--index-url "$VALUE_ROUTING_TORCH_INDEX"); fi
   if [ "$device" = cuda ]; then
-    run "${pip[@]}" install --quiet "${index[@]}" "torch==$TORCH_VERSION" "triton==$TRITON_CUDA_VERSION" \
+    run "${pip[@]}" install --quiet ${index[@]+"${index[@]}"} "torch==$TORCH_VERSION" "triton==$TRITON_CUDA_VERSION" \
       "xformers==$XFORMERS_VERSION"
   else
     # Pinned first, so the extras below cannot pull another torch release.
-    run "${pip[@]}" install --quiet "${index[@]}" "torch==$TORCH_VERSION"
+    run "${pip[@]}" install --quiet ${index[@]+"${index[@]}"} "torch==$TORCH_VERSION"
   fi
   run "${pip[@]}" install --quiet -e ".[$EXTRAS]"
   if [ "$dry_run" != 1 ]; then echo "$want" > "$stamp"; fi
