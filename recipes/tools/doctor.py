@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from recipes.tools.doctor_checks import COMPILE_BACKENDS, Check, DoctorConfig, Skipped, default_checks
+from value_routing.attention import backends
 from value_routing.attention.backends import xformers_unavailable_reason
 from value_routing.kernels._triton_utils import HAS_TRITON, INTERPRET
 
@@ -186,6 +187,8 @@ def main(argv: Sequence[str] | None = None, checks: Sequence[Check] | None = Non
     for check in select(default_checks(cfg) if checks is None else checks, args.only, args.skip):
         results.append(run_check(check, cfg))
         print(f"{results[-1].status:>4}  {check.name} [{check.dtype}]", file=sys.stderr, flush=True)
+    # Whether attention_backend="auto" gave up on xFormers during the model checks, and why.
+    env["auto_attention_fallback"] = backends.AUTO_ATTENTION.failure
     print(format_report(env, results))
     if args.json:
         write_json(args.json, env, results)
