@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recipes.tools.doctor_checks import COMPILE_BACKENDS, Check, DoctorConfig, Skipped, default_checks
+from recipes.tools.doctor_checks import COMPILE_BACKENDS, DTYPES, Check, DoctorConfig, Skipped, default_checks
 from value_routing.attention import backends
 from value_routing.attention.backends import xformers_unavailable_reason
 from value_routing.kernels._triton_utils import HAS_TRITON, INTERPRET
@@ -99,7 +99,7 @@ def run_check(check: Check, cfg: DoctorConfig) -> CheckResult:
     start = time.perf_counter()
     common = dict(name=check.name, device=cfg.device, dtype=check.dtype)
     try:
-        error, tol, details = check.run(cfg, _DTYPES[check.dtype])
+        error, tol, details = check.run(cfg, DTYPES[check.dtype])
     except Skipped as skip:
         return CheckResult(**common, status="skip", reason=str(skip))
     except Exception as exc:  # a crashing fast path is exactly what the doctor must report
@@ -112,9 +112,6 @@ def run_check(check: Check, cfg: DoctorConfig) -> CheckResult:
         reason = "" if ok else "error above tolerance"
     return CheckResult(**common, status="pass" if ok else "fail", max_error=error, tolerance=tol,
                        reason=reason, seconds=time.perf_counter() - start, details=dict(details))
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def select(checks: Sequence[Check], only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Check]:

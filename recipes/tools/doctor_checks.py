@@ -93,6 +93,9 @@ class Check:
     dtype: str
     run: Callable[[DoctorConfig, torch.dtype], Outcome] = field(repr=False)
 
+    def __post_init__(self) -> None:
+        check_choice(self, "dtype", DTYPES)
+
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``max |got - want| / max |want|`` in float64 (``inf`` if ``got`` is not finite)."""
