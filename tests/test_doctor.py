@@ -124,6 +124,9 @@ def test_select_and_config_validation():
         DoctorConfig(device="tpu")
     with pytest.raises(ValueError, match="strategies must be"):
         DoctorConfig(strategies=("flash",))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' needs a CUDA device"):
+            DoctorConfig(device="cuda")
     with pytest.raises(ValueError, match="compile_backend must be one of"):
         DoctorConfig(compile_backend="cudagraphs")
     with pytest.raises(ValueError, match="status must be one of"):

@@ -160,7 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the report as JSON (attach it to a bug report)")
     p.add_argument("--only", nargs="+", default=[], metavar="PREFIX", help="run only checks whose name starts so")
     p.add_argument("--skip", nargs="+", default=[], metavar="PREFIX", help="leave out checks whose name starts so")
-    p.add_argument("--strategies", nargs="+", default=list(DoctorConfig.strategies),
+    p.add_argument("--strategies", nargs="+", default=list(DoctorConfig.strategies), choices=DoctorConfig.strategies,
                    help="strategies of the compile/autocast/decode checks")
     p.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=DoctorConfig.compile_backend)
     p.add_argument("--bench-rounds", type=int, default=DoctorConfig.bench_rounds)

@@ -61,6 +61,8 @@ class DoctorConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "device", ("cpu", "cuda"))
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' needs a CUDA device, but torch.cuda.is_available() is False")
         check_choice(self, "compile_backend", COMPILE_BACKENDS)
         unknown = [s for s in self.strategies if s not in BUILDERS]
         if unknown or not self.strategies:
