@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from recipes.bench_measure import BenchConfig, Variant, measure
+from recipes.bench.measure import BenchConfig, Variant, measure
 from recipes.builders import BUILDERS, SIZES
 from recipes.config import ModelConfig
 from recipes.model import CausalLM, KVCache
