@@ -114,10 +114,12 @@ def run_check(check: Check, cfg: DoctorConfig) -> CheckResult:
                        reason=reason, seconds=time.perf_counter() - start, details=dict(details))
 
 
-def select(checks: Sequence[Check], only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Check]:
-    """The checks whose name starts with one of ``only`` (all if empty) and with none of ``skip``."""
-    return [c for c in checks
-            if (not only or any(c.name.startswith(p) for p in only)) and not any(c.name.startswith(p) for p in skip)]
+def select(
+    checks: Sequence[Check], only: Sequence[str] = (), skip: Sequence[str] = (), dtypes: Sequence[str] = tuple(DTYPES)
+) -> list[Check]:
+    """The checks of ``dtypes`` whose name starts with one of ``only`` (all if empty) and with none of ``skip``."""
+    return [c for c in checks if c.dtype in dtypes
+            and (not only or any(c.name.startswith(p) for p in only)) and not any(c.name.startswith(p) for p in skip)]
 
 
 def format_report(env: Mapping[str, Any], results: Sequence[CheckResult]) -> str:
@@ -160,6 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the report as JSON (attach it to a bug report)")
     p.add_argument("--only", nargs="+", default=[], metavar="PREFIX", help="run only checks whose name starts so")
     p.add_argument("--skip", nargs="+", default=[], metavar="PREFIX", help="leave out checks whose name starts so")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES), help="leave out other dtypes")
     p.add_argument("--strategies", nargs="+", default=list(DoctorConfig.strategies), choices=DoctorConfig.strategies,
                    help="strategies of the compile/autocast/decode checks")
     p.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=DoctorConfig.compile_backend)
@@ -181,7 +184,7 @@ def main(argv: Sequence[str] | None = None, checks: Sequence[Check] | None = Non
                        strategies=tuple(args.strategies), bench_rounds=args.bench_rounds)
     env = environment(cfg)
     results = []
-    for check in select(default_checks(cfg) if checks is None else checks, args.only, args.skip):
+    for check in select(default_checks(cfg) if checks is None else checks, args.only, args.skip, args.dtypes):
         results.append(run_check(check, cfg))
         print(f"{results[-1].status:>4}  {check.name} [{check.dtype}]", file=sys.stderr, flush=True)
     # Whether attention_backend="auto" gave up on xFormers during the model checks, and why.
