@@ -15,9 +15,11 @@ name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer 
   stores); ``V1`` is layer 0's raw value projection.
 
 A strategy is one small class: how the residual streams enter a block (``enter``), how it
-rewrites a layer's values (``mix``), how a block's output updates the streams (``leave``) and
-what reaches the final norm (``final``). A new strategy form is one more class in
-:data:`ROUTINGS`.
+rewrites a layer's values (``mix``), how each sublayer's output joins the stream (``residual``,
+``x + out`` unless it routes per sublayer), how a block's output updates the streams
+(``leave``) and what reaches the final norm (``final``); ``separate_qkv_norms`` gives the q, k,
+v inputs their own learned norms. A new strategy is one more class in :data:`ROUTINGS`, a new
+form of one a branch on its ``form`` option (as MUDDFormer and Hyper-Connections have).
 """
 
 from __future__ import annotations
@@ -131,8 +133,8 @@ def block(
     pre = f"blocks.{i}."
     b, t, _ = x.shape
     H, KV, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    w_norm = p[pre + "attn_norm.weight"]
-    hq, hk, hv = (rms_norm(z, w_norm, spec.norm_eps) for z in (xq, xk, xv))
+    names = ("attn_norm", "attn_norm_k", "attn_norm_v") if routing.separate_qkv_norms else ("attn_norm",) * 3
+    hq, hk, hv = (rms_norm(z, p[pre + name + ".weight"], spec.norm_eps) for z, name in zip((xq, xk, xv), names))
     wqkv = p[pre + "attn.wqkv.weight"]
     wq, wk, wv = wqkv[: H * d], wqkv[H * d : (H + KV) * d], wqkv[(H + KV) * d :]
     q = (hq @ wq.T).view(b, t, H, d)
@@ -144,12 +146,12 @@ def block(
         q = rms_norm(q, p[pre + "attn.q_norm.weight"], eps)
         k = rms_norm(k, p[pre + "attn.k_norm.weight"], eps)
     q, k = rope(q, positions, spec), rope(k, positions, spec)
-    a = x + attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T
+    a = routing.residual(i, 0, x, attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T)
     h = rms_norm(a, p[pre + "ffn_norm.weight"], spec.norm_eps)
     w13 = p[pre + "ffn.w13.weight"]
     d_ff = spec.d_ff if isinstance(spec.d_ff, int) else spec.d_ff[i]
     w1, w3 = w13[:d_ff], w13[d_ff:]
-    return a + (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T, v_raw
+    return routing.residual(i, 1, a, (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T), v_raw
 
 
 def forward(p: Params, spec: Spec, tokens: torch.Tensor) -> torch.Tensor:
@@ -174,10 +176,17 @@ def forward(p: Params, spec: Spec, tokens: torch.Tensor) -> torch.Tensor:
 
 
 class Routing:
-    """Baseline: one residual stream, values untouched."""
+    """Baseline: one residual stream, values untouched, plain residual additions."""
+
+    #: Whether the query, key and value inputs have their own learned norms.
+    separate_qkv_norms = False
 
     def __init__(self, p: Params, spec: Spec) -> None:
         self.p, self.spec, self.opt = p, spec, spec.options
+
+    def residual(self, i, sublayer, x, out):
+        """How sublayer 0 (attention) or 1 (MLP) output ``out`` joins its input ``x``."""
+        return x + out
 
     def start(self, x0):
         self.x = x0
@@ -242,10 +251,20 @@ class DenseFormer(Routing):
 
 
 class MUDDFormer(Routing):
-    """``X^c_i = Σ_j A^c_ij X_j``, ``A_i = GELU(RMSNorm(X_i) W1_i) W2_i + a_i``, streams Q, K, V, R."""
+    """``X^c_i = Σ_j A^c_ij X_j``, ``A_i = GELU(RMSNorm(X_i) W1_i) W2_i + a_i``, streams Q, K, V, R.
+
+    ``form="authors"``: ``X^c_i = g_post_ic ⊙ n(Σ_j A^c_ij g_pre_ij ⊙ n(X_j)) + X_i`` with
+    ``n(x) = x / sqrt(mean(x²) + eps)``, and separate learned norms for the q, k, v inputs.
+    """
+
+    def __init__(self, p, spec):
+        super().__init__(p, spec)
+        self.authors = self.opt.get("form", "ours") == "authors"
+        self.separate_qkv_norms = self.authors
+        self.eps = self.opt.get("norm_eps", 1e-6)
 
     def start(self, x0):
-        self.states = [x0]
+        self.states = [rms_norm(x0, None, self.eps) if self.authors else x0]
         self.streams = (x0, x0, x0, x0)  # block 1 reads the embedding everywhere
 
     def enter(self, i):
@@ -253,15 +272,21 @@ class MUDDFormer(Routing):
         return r, q, k, v
 
     def leave(self, i, y):
-        self.states.append(y)
+        d, p = self.spec.d_model, self.p
+        self.states.append(rms_norm(y, None, self.eps) if self.authors else y)
         n_streams = 1 if i == self.spec.n_layers - 1 else 4
         depth = i + 2
-        eps = self.opt.get("norm_eps", 1e-6)
-        hidden = gelu(rms_norm(y, None, eps) @ self.p[f"strategy.w1.{i}.weight"].T)
-        a = hidden @ self.p[f"strategy.w2.{i}.weight"].T + self.p[f"strategy.static.{i}"]
+        hidden = gelu(rms_norm(y, None, self.eps) @ p[f"strategy.w1.{i}.weight"].T)
+        a = hidden @ p[f"strategy.w2.{i}.weight"].T + p[f"strategy.static.{i}"]
         out = []
         for c in range(n_streams):  # weight of stream c on state j: a[..., c * depth + j]
-            out.append(sum(a[..., c * depth + j, None] * self.states[j] for j in range(depth)))
+            if not self.authors:
+                out.append(sum(a[..., c * depth + j, None] * self.states[j] for j in range(depth)))
+                continue
+            g_pre = [p[f"strategy.pre_norms.{i}"][j * d : (j + 1) * d] for j in range(depth)]
+            g_post = p[f"strategy.post_norms.{i}"][c * d : (c + 1) * d]
+            summed = sum(a[..., c * depth + j, None] * g_pre[j] * self.states[j] for j in range(depth))
+            out.append(g_post * rms_norm(summed, None, self.eps) + y)
         self.streams = tuple(out) if n_streams == 4 else (None, None, None, out[0])
 
     def final(self):
@@ -269,40 +294,64 @@ class MUDDFormer(Routing):
 
 
 class HyperConnections(Routing):
-    """``h = A_mᵀ H``, ``H ← Bᵀ(block(h) − h) + A_rᵀ H``; dynamic weights from RMSNorm(H)."""
+    """``h = A_mᵀ H``, ``H ← Bᵀ T(h) + A_rᵀ H``; dynamic weights from RMSNorm(H).
+
+    ``form="ours"``: one connection per block, ``T(h) = block(h) − h``. ``form="authors"``: one
+    per sublayer (connection ``m = 2·layer + sublayer``), ``T`` the bare sublayer output, and a
+    learned scale ``g`` in the dynamic norm (eps: float32's machine epsilon unless given).
+    """
+
+    def __init__(self, p, spec):
+        super().__init__(p, spec)
+        self.n, self.authors = self.opt.get("rate", 4), self.opt.get("form", "ours") == "authors"
+        default_eps = torch.finfo(torch.float32).eps if self.authors else 1e-6
+        self.eps = self.opt.get("norm_eps") if self.opt.get("norm_eps") is not None else default_eps
 
     def start(self, x0):
-        self.n = self.opt.get("rate", 4)
         self.H = [x0 for _ in range(self.n)]
+        self.connect(0)
 
-    def weights(self, i):
-        """Per stream row ``r``: ``A_m[r]`` (…), ``A_r[r, c]`` (…), ``B[r]`` (…), per token."""
+    def connect(self, m):
+        """Connection ``m``'s weights from the current ``H``, and its sublayer input ``h``."""
         n, p = self.n, self.p
-        static = p[f"strategy.static_alpha.{i}"].view(n, n + 1)  # row r: [A_m[r], A_r[r, 0..n-1]]
-        beta = p[f"strategy.static_beta.{i}"]
+        static = p[f"strategy.static_alpha.{m}"].view(n, n + 1)  # row r: [A_m[r], A_r[r, 0..n-1]]
         am = [static[r, 0] for r in range(n)]
         ar = [[static[r, 1 + c] for c in range(n)] for r in range(n)]
-        b = [beta[r] for r in range(n)]
-        if not self.opt.get("dynamic", True):
-            return am, ar, b
-        proj = p[f"strategy.proj.{i}"]  # rows 0..n: W_α's columns, row n + 1: W_β
-        s_alpha, s_beta = p[f"strategy.scales.{i}"][0], p[f"strategy.scales.{i}"][1]
-        eps = self.opt.get("norm_eps", 1e-6)
-        for r in range(n):
-            hbar = rms_norm(self.H[r], None, eps)
-            am[r] = am[r] + s_alpha * torch.tanh(hbar @ proj[0])
-            ar[r] = [ar[r][c] + s_alpha * torch.tanh(hbar @ proj[1 + c]) for c in range(n)]
-            b[r] = b[r] + s_beta * torch.tanh(hbar @ proj[n + 1])
-        return am, ar, b
+        b = [p[f"strategy.static_beta.{m}"][r] for r in range(n)]
+        if self.opt.get("dynamic", True):
+            proj = p[f"strategy.proj.{m}"]  # rows 0..n: W_α's columns, row n + 1: W_β
+            s_alpha, s_beta = p[f"strategy.scales.{m}"][0], p[f"strategy.scales.{m}"][1]
+            g = p[f"strategy.norm_scale.{m}"] if self.authors else None
+            for r in range(n):
+                hbar = rms_norm(self.H[r], g, self.eps)
+                am[r] = am[r] + s_alpha * torch.tanh(hbar @ proj[0])
+                ar[r] = [ar[r][c] + s_alpha * torch.tanh(hbar @ proj[1 + c]) for c in range(n)]
+                b[r] = b[r] + s_beta * torch.tanh(hbar @ proj[n + 1])
+        self.ar, self.b = ar, b
+        self.h = sum(_col(am[r]) * self.H[r] for r in range(n))
+        return self.h
+
+    def update(self, t):
+        """``H_c ← B_c t + Σ_r A_r[r, c] H_r``."""
+        n = self.n
+        self.H = [_col(self.b[c]) * t + sum(_col(self.ar[r][c]) * self.H[r] for r in range(n)) for c in range(n)]
 
     def enter(self, i):
-        self.am, self.ar, self.b = self.weights(i)
-        self.h = sum(_col(self.am[r]) * self.H[r] for r in range(self.n))
         return self.h, self.h, self.h, self.h
 
+    def residual(self, i, sublayer, x, out):
+        if not self.authors:
+            return x + out
+        self.update(out)
+        m = 2 * i + sublayer + 1
+        return self.connect(m) if m < 2 * self.spec.n_layers else None
+
     def leave(self, i, y):
-        n, t = self.n, y - self.h
-        self.H = [_col(self.b[c]) * t + sum(_col(self.ar[r][c]) * self.H[r] for r in range(n)) for c in range(n)]
+        if self.authors:
+            return
+        self.update(y - self.h)
+        if i + 1 < self.spec.n_layers:
+            self.connect(i + 1)
 
     def final(self):
         return sum(self.H)

@@ -15,6 +15,7 @@ from value_routing import STRATEGIES
 CASES = [
     ("baseline", {}, {}),
     ("baseline", {}, {"qk_norm": True, "tie_embeddings": False}),
+    ("baseline", {}, {"qk_norm": True, "qk_norm_eps": 1e-3, "ffn_realloc": True}),  # paper-preset fields
     # fixed λ are float32 buffers (0.3 would round): values exact in float32
     ("static", {"mode": "fixed", "lambda1": 0.375, "lambda2": 0.75}, {}),
     ("static", {"mode": "learnable"}, {"qk_norm": True}),
@@ -29,9 +30,14 @@ CASES = [
     ("dense", {"period": 3, "impl": "stack"}, {"n_layers": 6}),
     ("mudd", {}, {}),
     ("mudd", {"impl": "stack", "norm_eps": 1e-3}, {"qk_norm": True}),
+    ("mudd", {"form": "authors"}, {}),
+    ("mudd", {"form": "authors", "impl": "stack", "norm_eps": 1e-3}, {"qk_norm": True, "n_layers": 6}),
     ("hyper", {}, {}),
     ("hyper", {"rate": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
     ("hyper", {"rate": 2, "dynamic": False}, {"tie_embeddings": False}),
+    ("hyper", {"form": "authors"}, {}),
+    ("hyper", {"form": "authors", "rate": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
+    ("hyper", {"form": "authors", "rate": 2, "dynamic": False}, {}),
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)
@@ -46,7 +52,8 @@ def config(strategy, options, overrides) -> ModelConfig:
 def spec(cfg: ModelConfig) -> ref.Spec:
     return ref.Spec(
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads,
-        d_ff=cfg.ffn_dim, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
+        d_ff=cfg.ffn_dims, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
+        qk_norm_eps=cfg.qk_norm_eps,
         tie_embeddings=cfg.tie_embeddings, strategy=cfg.strategy, options=dict(cfg.strategy_options),
     )
 
