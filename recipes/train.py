@@ -12,6 +12,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.model import CausalLM
 from recipes.validate import check_min
+from value_routing.typing import Tensor
 from value_routing.strategies import STRATEGIES
 
 
@@ -102,6 +104,20 @@ def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) 
     return loss
 
 
+def fit(model, opt, cfg: OptimConfig, next_batch: Callable[[], tuple[Tensor, Tensor]], loss_fn=lm_loss,
+        desc: str | None = None) -> list[float]:
+    """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns the loss of every step.
+
+    ``desc`` shows a progress bar with that label and the current loss.
+    """
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
+    for step in bar:
+        losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses
+
+
 @torch.no_grad()
 def evaluate(model: CausalLM, val: torch.Tensor, cfg: TrainConfig) -> float:
     """Mean loss over ``eval_batches`` fixed validation windows (same for every strategy)."""
@@ -119,10 +135,8 @@ def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"{model_cfg.strategy:>10}", leave=False, mininterval=1.0)
-    for step in bar:
-        loss = train_step(model, opt, step, cfg, random_batch(train, cfg.batch_size, cfg.seq_len, gen), step_fn)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    fit(model, opt, cfg, lambda: random_batch(train, cfg.batch_size, cfg.seq_len, gen), step_fn,
+        desc=f"{model_cfg.strategy:>10}")
     seconds = time.perf_counter() - start
     tokens = cfg.steps * cfg.batch_size * cfg.seq_len
     return RunResult(model_cfg.strategy, model.num_params(), evaluate(model, val, cfg), seconds, tokens / seconds)

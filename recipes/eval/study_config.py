@@ -1,0 +1,171 @@
+"""What a study (:mod:`recipes.eval.study`) runs: variants, model shape, tasks, seeds; the presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from recipes.builders import BUILDERS, SIZES, model_config
+from recipes.config import ModelConfig
+from recipes.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
+from recipes.train import TrainConfig
+from recipes.validate import check_min
+from value_routing.strategies import STRATEGIES
+
+#: Architecture choices of the paper presets that a study's narrower, shallower models keep.
+#: (The one place to wire further preset fields: q/k-norm eps, init without output rescale, ...)
+PAPER_ARCH: dict[str, Any] = {"qk_norm": True}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named table row: registry ``strategy`` plus ``options`` over its builder's defaults."""
+
+    name: str
+    strategy: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"variant {self.name!r}: strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
+
+
+#: The variants a study can name. Ablations of SATFormer vary one option of the ``satformer`` row.
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    *(Variant(name, name) for name in BUILDERS),
+    Variant("satformer-sigmoid", "satformer", {"act": "sigmoid"}),
+    Variant("satformer-last4", "satformer", {"last_k": 4}),
+)}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Width and depth of a study's models; ``paper_arch`` adds :data:`PAPER_ARCH` (else the
+    demo's ``tiny`` builders' choices)."""
+
+    d_model: int = 128
+    n_layers: int = 8
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    paper_arch: bool = True
+
+    def __post_init__(self) -> None:
+        check_min(self, 1, "d_model", "n_layers", "n_heads", "n_kv_heads")
+
+
+def study_model_config(variant: Variant, shape: Shape, vocab_size: int, max_seq_len: int) -> ModelConfig:
+    """The model of ``variant`` at ``shape``: the strategy's builder defaults, the variant's options,
+    and (with ``shape.paper_arch``) the paper presets' architecture choices."""
+    options = {**BUILDERS[variant.strategy]("tiny").strategy_options, **variant.options}
+    dims = dict(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads,
+                n_kv_heads=shape.n_kv_heads, vocab_size=vocab_size, max_seq_len=max_seq_len)
+    return model_config("tiny", variant.strategy, strategy_options=options, **dims,
+                        **(PAPER_ARCH if shape.paper_arch else {}))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task's training budget; ``mqar`` set = MQAR accuracy, else LM loss on the embedded
+    corpus (its first ``corpus_bytes``). ``shape`` overrides the study's model shape."""
+
+    train: TrainConfig
+    mqar: MQARConfig | None = None
+    shape: Shape | None = None
+    corpus_bytes: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.mqar is not None and self.train.seq_len != self.mqar.seq_len:
+            raise ValueError(f"train.seq_len ({self.train.seq_len}) must equal mqar.seq_len ({self.mqar.seq_len})")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mqar.vocab_size if self.mqar else 256
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.mqar.seq_len if self.mqar else max(SIZES["tiny"]["max_seq_len"], self.train.seq_len)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Variants × seeds × tasks (``lm`` and/or ``mqar``); ``curve_points`` training-loss points per run."""
+
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    shape: Shape = Shape()
+    lm: Task | None = None
+    mqar: Task | None = None
+    curve_points: int = 50
+    baseline: str = "baseline"
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"variants must be non-empty with unique names, got {names}")
+        if self.baseline not in names:
+            raise ValueError(f"variants must include the baseline {self.baseline!r} (paired Δ), got {names}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be non-empty, unique and >= 0, got {list(self.seeds)}")
+        if self.lm is None and self.mqar is None:
+            raise ValueError("at least one task (lm, mqar) must be configured")
+        if self.lm is not None and self.lm.mqar is not None:
+            raise ValueError("lm must be a Task without mqar settings")
+        if self.mqar is not None and self.mqar.mqar is None:
+            raise ValueError("mqar must be a Task with mqar settings (an MQARConfig)")
+        check_min(self, 1, "curve_points")
+        for task in self.tasks.values():  # bad shapes or options fail here, naming the field
+            for variant in self.variants:
+                study_model_config(variant, task.shape or self.shape, task.vocab_size, task.max_seq_len)
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {name: task for name, task in (("lm", self.lm), ("mqar", self.mqar)) if task is not None}
+
+    def override(self, seeds: Sequence[int] | None = None, variants: Sequence[str] | None = None,
+                 tasks: Sequence[str] | None = None) -> "StudyConfig":
+        """A copy with other seeds, variants (names in :data:`VARIANTS`) or a subset of the tasks."""
+        changes: dict[str, Any] = {}
+        if seeds is not None:
+            changes["seeds"] = tuple(seeds)
+        if variants is not None:
+            unknown = [v for v in variants if v not in VARIANTS]
+            if unknown:
+                raise ValueError(f"variants must be among {tuple(VARIANTS)}, got unknown {unknown}")
+            changes["variants"] = tuple(VARIANTS[v] for v in variants)
+        if tasks is not None:
+            bad = [t for t in tasks if t not in self.tasks]
+            if bad:
+                raise ValueError(f"tasks must be among this preset's {tuple(self.tasks)}, got {bad}")
+            changes.update({name: None for name in self.tasks if name not in tasks})
+        return replace(self, **changes)
+
+
+#: The ``tiny`` size's shape with the demo builders' architecture.
+_TINY = Shape(**{k: SIZES["tiny"][k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads")}, paper_arch=False)
+
+
+def _variants(*names: str) -> tuple[Variant, ...]:
+    return tuple(VARIANTS[n] for n in names)
+
+
+def demo_preset() -> StudyConfig:
+    """The demo's exact settings (``python -m recipes.train``) over seeds 0-3: its noise scale."""
+    return StudyConfig(
+        variants=_variants(*BUILDERS), seeds=(0, 1, 2, 3), shape=_TINY,
+        lm=Task(TrainConfig()),
+        mqar=Task(DEMO_TRAIN, DEMO_TASK, Shape(**DEMO_MODEL, paper_arch=False)),
+    )
+
+
+def smoke_preset() -> StudyConfig:
+    """Seconds-long: checks the pipeline end to end (the tests use shapes like it)."""
+    train = TrainConfig(steps=6, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
+    task = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
+    return StudyConfig(
+        variants=_variants("baseline", "satformer"), seeds=(0, 1), shape=Shape(32, 3, 2, 1), curve_points=3,
+        lm=Task(train), mqar=Task(replace(train, seq_len=16), task),
+    )
+
+
+#: ``--preset`` choices.
+PRESETS: dict[str, Callable[[], StudyConfig]] = {"demo": demo_preset, "smoke": smoke_preset}
