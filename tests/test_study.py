@@ -16,7 +16,7 @@ from recipes.eval import study
 from recipes.eval.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
 from recipes.eval.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
 from recipes.mqar import MQARConfig, train_mqar
-from recipes.train import TrainConfig, train_one
+from recipes.train import RunResult, TrainConfig, format_table, noise_note, study_noise, train_one
 
 TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
 
@@ -49,6 +49,7 @@ def test_mean_ci_and_paired_delta_hand_computed():
     # paired: mean -0.03, deviations 0, +0.01, -0.01 -> sd 0.01; 4.302653 * 0.01 / sqrt(3) = 0.024841
     delta = paired_delta(variant, base)
     assert delta.mean == pytest.approx(-0.03) and delta.half_width == pytest.approx(0.024841, abs=1e-6)
+    assert delta.sd == pytest.approx(0.01)
     # only shared seeds pair; one pair has no interval
     one = paired_delta({0: 1.5, 7: 9.0}, {0: 1.0, 5: 0.0})
     assert one.mean == pytest.approx(0.5) and one.half_width is None and one.n == 1
@@ -59,8 +60,8 @@ def test_mean_ci_and_paired_delta_hand_computed():
 
 def _fake_run(task: str, name: str, seed: int, value: float) -> dict:
     spec = {"task": task, "seed": seed, "variant": {"name": name},
-            "model": {"n_layers": 2, "d_model": 8, "n_heads": 2, "n_kv_heads": None},
-            "train": {"steps": 3, "batch_size": 1, "seq_len": 4, "lr": 1e-3},
+            "model": {"n_layers": 2, "d_model": 8, "n_heads": 2, "n_kv_heads": None, "qk_norm": True, "vocab_size": 8},
+            "train": {"steps": 3, "batch_size": 1, "seq_len": 4, "lr": 1e-3, "warmup": 1},
             "mqar": {"vocab_size": 8, "num_kv_pairs": 2}}
     metric = "val_loss" if task == "lm" else "accuracy"
     return {metric: value, "spec": spec, "params": 1000, "seconds": 1.0, "curve": [[3, value]]}
@@ -71,10 +72,11 @@ def test_summary_table_solve_rate_and_single_seed():
     runs = [_fake_run("mqar", n, s, a) for n, values in accs.items() for s, a in enumerate(values)]
     runs.append(_fake_run("lm", "baseline", 0, 2.0))
     summary = summarize(runs)
-    static = summary["mqar"]["static"]
+    static = summary["mqar"]["variants"]["static"]
     assert static["solve_rate"] == pytest.approx(2 / 3)  # 0.92 and 0.9 reach the 0.9 threshold
     assert static["delta"]["mean"] == pytest.approx((-0.03 + 0.4 - 0.8) / 3)
-    table = format_markdown(summary, runs)
+    assert summary["mqar"]["budget"]["mqar_num_kv_pairs"] == 2 and summary["lm"]["budget"]["steps"] == 3
+    table = format_markdown(summary)
     assert "| static | 3 | 0.00M | 0.6733 ± " in table and "| 2/3 |" in table and "acc ≥ 0.9" in table
     assert "| baseline | 1 | 0.00M | 2.0000 ± n/a | - |" in table  # one seed: no interval
 
@@ -154,7 +156,7 @@ def test_report_only_rerenders_from_the_jsonl(tmp_path):
     study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
     (tmp_path / "results.md").unlink(missing_ok=True)
     summary = study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])
-    assert set(summary["lm"]) == {"baseline", "satformer"}
+    assert set(summary["lm"]["variants"]) == {"baseline", "satformer"}
     text = (tmp_path / "results.md").read_text()
     assert "± n/a" in text and "paired Δ vs baseline" in text
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -206,5 +208,34 @@ def test_bad_settings_fail_before_any_run(tmp_path):
 
 def test_smoke_preset_runs_end_to_end(tmp_path):
     summary = study.main(["--preset", "smoke", "--out", str(tmp_path), "--no-plots"])
-    assert set(summary) == {"lm", "mqar"} and summary["mqar"]["satformer"]["delta"]["n"] == 2
+    assert set(summary) == {"lm", "mqar"} and summary["mqar"]["variants"]["satformer"]["delta"]["n"] == 2
     assert len(load_runs(tmp_path / "runs.jsonl")) == 8
+
+
+def test_demo_reads_the_noise_of_its_exact_budget(tmp_path):
+    cfg = _cfg(seeds=(0, 1, 2), variants=("baseline", "satformer", "static"))
+    runs = study.run_study(cfg, tmp_path, progress=False)
+    from recipes.eval.study_report import write_report
+
+    write_report(tmp_path, plots=False)
+    model = study_model_config(VARIANTS["baseline"], cfg.shape, 256, 512)
+    train = replace(cfg.lm.train, seed=5)  # the demo's seed is not part of the budget
+    noise = study_noise("lm", train, model, tmp_path / "summary.json")
+    assert set(noise) == {"baseline", "satformer", "static"}
+    assert study_noise("lm", replace(train, steps=5), model, tmp_path / "summary.json") is None
+    assert study_noise("lm", train, replace(model, n_layers=4), tmp_path / "summary.json") is None
+    assert study_noise("lm", train, model, tmp_path / "missing.json") is None
+    # the pooled single-seed SD of the paired Δ, by hand from the runs
+    loss = {(r["spec"]["variant"]["name"], r["spec"]["seed"]): r["val_loss"] for r in runs}
+    var = []
+    for name in ("satformer", "static"):
+        d = [loss[name, s] - loss["baseline", s] for s in range(3)]
+        m = sum(d) / 3
+        var.append(sum((x - m) ** 2 for x in d) / 2)
+    assert f"SD ≈ {math.sqrt(sum(var) / 2):.3f}" in noise_note(noise)
+    results = [RunResult(n, 1000, loss[n, 0], 1.0) for n in ("baseline", "satformer", "static")]
+    table = format_table(results, noise=noise)
+    assert "Δ 3 seeds" in table and "tok/s" not in table
+    sat = noise["satformer"]["delta"]
+    assert f"{sat['mean']:+.3f}±{sat['half_width']:.3f}" in table.splitlines()[2]
+    assert "not measured" in noise_note(None) and "recipes.bench" in noise_note(None)

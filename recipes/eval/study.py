@@ -35,6 +35,8 @@ from recipes.eval.study_report import load_runs, write_report
 
 #: Bumped when what a run computes changes, so old results are not reused.
 STUDY_VERSION = 1
+#: Where each preset writes by default: the committed results the docs and the demo read.
+DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke"}
 
 
 def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -120,8 +122,8 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="published", choices=list(PRESETS), help="the study's settings")
-    p.add_argument("--out", help="directory for runs.jsonl, results.md, summary.json, PNGs "
-                                 "(default: runs/study-<preset>)")
+    p.add_argument("--out", help="directory for runs.jsonl, results.md, summary.json, PNGs (default: "
+                                 + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()) + ")")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one per core)")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--variants", nargs="+", help=f"override the preset's variants; known: {', '.join(VARIANTS)}")
@@ -133,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out = Path(args.out or f"runs/study-{args.preset}")
+    out = Path(args.out or DEFAULT_OUT[args.preset])
     if not args.report_only:
         if args.workers < 1:
             raise SystemExit(f"--workers must be >= 1, got {args.workers}")

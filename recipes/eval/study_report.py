@@ -45,11 +45,13 @@ def t975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Mean of ``n`` values and the half-width of its 95% t-interval (``None`` when n = 1)."""
+    """Mean of ``n`` values, their sample standard deviation and the half-width of the mean's 95%
+    t-interval (both ``None`` when n = 1)."""
 
     mean: float
     half_width: float | None
     n: int
+    sd: float | None = None
 
 
 def mean_ci(values: Sequence[float]) -> Estimate:
@@ -61,7 +63,7 @@ def mean_ci(values: Sequence[float]) -> Estimate:
     if n == 1:
         return Estimate(mean, None, 1)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Estimate(mean, t975(n - 1) * sd / math.sqrt(n), n)
+    return Estimate(mean, t975(n - 1) * sd / math.sqrt(n), n, sd)
 
 
 def paired_delta(values: dict[int, float], base: dict[int, float]) -> Estimate | None:
@@ -82,8 +84,19 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
     return runs
 
 
+def budget(spec: dict[str, Any]) -> dict[str, Any]:
+    """The settings a reader needs to compare runs: training budget, model shape, MQAR task."""
+    m, t = spec["model"], spec["train"]
+    out = {k: t[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup")}
+    out.update({k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "qk_norm", "vocab_size")})
+    if spec.get("mqar"):
+        out.update({f"mqar_{k}": v for k, v in spec["mqar"].items()})
+    return out
+
+
 def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
-    """Per task and variant: the metric's estimate, the paired Δ vs ``baseline``, solve rate, seeds."""
+    """Per task: the ``budget`` (of the first run) and per variant the metric's estimate, the paired
+    Δ vs ``baseline``, the MQAR solve rate, seeds, parameters and mean training seconds."""
     by: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         by[run["spec"]["task"]][run["spec"]["variant"]["name"]][run["spec"]["seed"]] = run
@@ -104,7 +117,8 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
             }
             if task == "mqar":
                 rows[name]["solve_rate"] = sum(v >= SOLVED for v in values.values()) / len(values)
-        out[task] = rows
+        first = next(iter(next(iter(variants.values())).values()))
+        out[task] = {"budget": budget(first["spec"]), "variants": rows}
     return out
 
 
@@ -116,24 +130,22 @@ def _fmt(est: dict[str, Any] | None, digits: int = 4, signed: bool = False) -> s
     return f"{mean} ± {pm}"
 
 
-def format_markdown(summary: dict[str, Any], runs: list[dict[str, Any]], baseline: str = "baseline") -> str:
+def format_markdown(summary: dict[str, Any], baseline: str = "baseline") -> str:
     """Markdown tables (one per task) with the budget each task ran at."""
     parts = []
-    for task, rows in summary.items():
+    for task, entry in summary.items():
         key, label, direction = _METRIC[task]
-        spec = next(r["spec"] for r in runs if r["spec"]["task"] == task)
-        m, t = spec["model"], spec["train"]
-        budget = (f"{m['n_layers']} layers × d_model {m['d_model']}, {m['n_heads']} heads "
-                  f"({m['n_kv_heads'] or m['n_heads']} kv), {t['steps']} steps × {t['batch_size']}×{t['seq_len']} tokens, "
-                  f"lr {t['lr']}")
+        b, rows = entry["budget"], entry["variants"]
+        text = (f"{b['n_layers']} layers × d_model {b['d_model']}, {b['n_heads']} heads "
+                f"({b['n_kv_heads'] or b['n_heads']} kv), qk-norm {'on' if b['qk_norm'] else 'off'}, "
+                f"vocab {b['vocab_size']}; {b['steps']} steps × {b['batch_size']}×{b['seq_len']} tokens, lr {b['lr']}")
         if task == "mqar":
-            q = spec["mqar"]
-            budget += f"; vocab {q['vocab_size']}, {q['num_kv_pairs']} kv pairs"
+            text += f"; {b['mqar_num_kv_pairs']} key-value pairs per sequence"
         head = f"| variant | seeds | params | {label} (mean ± 95% CI) | paired Δ vs {baseline} (95% CI) |"
         rule = "|---|---|---|---|---|"
         if task == "mqar":
             head, rule = head + f" solved (acc ≥ {SOLVED}) |", rule + "---|"
-        lines = [f"### {task.upper()}: {label}, {direction}", "", budget, "", head + " s/run |", rule + "---|"]
+        lines = [f"### {task.upper()}: {label}, {direction}", "", text, "", head + " s/run |", rule + "---|"]
         for name, row in rows.items():
             line = (f"| {name} | {len(row['seeds'])} | {row['params'] / 1e6:.2f}M | {_fmt(row['estimate'])} "
                     f"| {_fmt(row['delta'], signed=True)} |")
@@ -153,7 +165,8 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baselin
     import matplotlib.pyplot as plt
 
     paths = []
-    for task, rows in summary.items():
+    for task, entry in summary.items():
+        rows = entry["variants"]
         fig, ax = plt.subplots(figsize=(7, 4))
         for name in rows:
             curves = [r["curve"] for r in runs if r["spec"]["task"] == task and r["spec"]["variant"]["name"] == name]
@@ -191,7 +204,7 @@ def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True
     summary = summarize(runs, baseline)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     total = sum(r["seconds"] for r in runs)
-    (out / "results.md").write_text(format_markdown(summary, runs, baseline)
+    (out / "results.md").write_text(format_markdown(summary, baseline)
                                     + f"\n{len(runs)} runs, {total / 60:.1f} CPU-minutes of training in total.\n")
     if plots:
         plot(summary, runs, out, baseline)
