@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -64,7 +65,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate the run ``spec`` describes (single-threaded; see :mod:`recipes.eval.study_run`)."""
     from recipes.eval.study_run import execute
 
-    return {"key": spec_key(spec), **execute(spec), "spec": spec}
+    return {"key": spec_key(spec), **execute(spec), "finished_at": time.time(), "spec": spec}
 
 
 def _worker_init() -> None:

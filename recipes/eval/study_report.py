@@ -195,6 +195,18 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baselin
     return paths
 
 
+def cost_line(runs: list[dict[str, Any]]) -> str:
+    """Runs, their summed training time, and the wall time from the first start to the last finish
+    (an interrupted and resumed study includes the pause)."""
+    train = sum(r["seconds"] for r in runs)
+    text = f"{len(runs)} runs; {train / 60:.1f} minutes of training summed over runs (one thread each)"
+    stamps = [r for r in runs if "finished_at" in r]
+    if stamps:
+        wall = max(r["finished_at"] for r in stamps) - min(r["finished_at"] - r["seconds"] for r in stamps)
+        text += f"; wall time {wall / 60:.1f} minutes"
+    return text + "."
+
+
 def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True) -> dict[str, Any]:
     """Render ``summary.json``, ``results.md`` and the PNGs in ``out`` from ``out/runs.jsonl``."""
     out = Path(out)
@@ -203,9 +215,7 @@ def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True
         raise ValueError(f"no finished runs in {out / 'runs.jsonl'}")
     summary = summarize(runs, baseline)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    total = sum(r["seconds"] for r in runs)
-    (out / "results.md").write_text(format_markdown(summary, baseline)
-                                    + f"\n{len(runs)} runs, {total / 60:.1f} CPU-minutes of training in total.\n")
+    (out / "results.md").write_text(format_markdown(summary, baseline) + "\n" + cost_line(runs) + "\n")
     if plots:
         plot(summary, runs, out, baseline)
     return summary
