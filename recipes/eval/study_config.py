@@ -35,6 +35,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     *(Variant(name, name) for name in BUILDERS),
     Variant("satformer-sigmoid", "satformer", {"act": "sigmoid"}),
     Variant("satformer-last4", "satformer", {"last_k": 4}),
+    # relu gates start nearly closed; a 0.5 bias starts them half open, as static's λ1 = 0.5
+    Variant("satformer-bias", "satformer", {"bias_init": 0.5}),
 )}
 
 
