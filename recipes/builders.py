@@ -1,6 +1,6 @@
 """Builders returning configs: model sizes from the SATFormer paper × reuse strategies.
 
-``python -m recipes.builders`` prints the parameter count of every size and strategy.
+``python -m recipes.tools.params`` prints the parameter count of every size and strategy.
 """
 
 from __future__ import annotations
@@ -87,13 +87,3 @@ def count_params(cfg: ModelConfig) -> int:
     with torch.device("meta"):
         return CausalLM(cfg).num_params()
 
-
-def main() -> None:
-    print(f"{'size':<8}" + "".join(f"{name:>14}" for name in BUILDERS))
-    for size in SIZES:
-        counts = [count_params(build(size)) for build in BUILDERS.values()]
-        print(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in counts))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipes.analyze import TOKEN_CLASSES, analyze_gates, gate_values, token_classes, write_report
+from recipes.eval.analyze import TOKEN_CLASSES, analyze_gates, gate_values, token_classes, write_report
 from recipes.builders import model_config, satformer
 from recipes.model import CausalLM, _LayerMix
 from value_routing.attention import AttentionMask, get_backend
@@ -109,8 +109,8 @@ def test_non_gate_model_is_rejected():
 def test_load_model_from_safetensors(tmp_path):
     from dataclasses import asdict
 
-    from recipes.analyze import load_model
-    from recipes.checkpoint import save_weights
+    from recipes.eval.analyze import load_model
+    from recipes.train.checkpoint import save_weights
 
     model = _model("relu")
     save_weights(model.state_dict(), tmp_path / "with_config.safetensors", model_config=asdict(model.cfg))

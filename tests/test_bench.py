@@ -1,4 +1,4 @@
-"""Smoke tests of recipes.bench (with bench_measure and bench_report).
+"""Smoke tests of recipes.bench (step, with measure and report).
 
 The measurement functions run on a 32-wide, 2-layer model for a step or two and produce
 well-formed tables, JSON and PNG. Nothing here asserts timings.
@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from recipes import bench, bench_measure
-from recipes.bench_report import format_sweep, format_table, plot_sweep, stack_speedups
+from recipes.bench import measure as bench_measure
+from recipes.bench import step as bench
+from recipes.bench.report import format_sweep, format_table, plot_sweep, stack_speedups
 from value_routing.strategies import STRATEGIES
 
 TINY = bench_measure.BenchConfig(batch=2, seq_len=8, n_layers=2, warmup=1, rounds=2, steps=1)

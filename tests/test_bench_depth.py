@@ -1,4 +1,4 @@
-"""recipes.bench_depth: the isolated routing pass is the same computation under both storages,
+"""recipes.bench.depth: the isolated routing pass is the same computation under both storages,
 and the benchmark produces well-formed rows, tables and files. Nothing here asserts timings."""
 
 import json
@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recipes import bench_depth
-from recipes.bench_depth import DepthBenchConfig, RoutingRunner, format_depth_table, measure_point, routed_strategies
+from recipes.bench import depth as bench_depth
+from recipes.bench.depth import DepthBenchConfig, RoutingRunner, format_depth_table, measure_point, routed_strategies
 
 
 def test_routed_strategies_are_those_with_a_storage_option():

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recipes import checkpoint as ckpt
-from recipes import pretrain
+from recipes.train import checkpoint as ckpt
+from recipes.train import pretrain
 from recipes.builders import satformer
 from recipes.data import embedded_corpus
 from recipes.model import CausalLM
-from recipes.shards import write_shard
+from recipes.data.shards import write_shard
 from recipes.train import TrainConfig, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path):
     full = dict(enumerate(pretrain.main([*args, "--stop-after", str(stop)]), start=1))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = [sys.executable, "-m", "recipes.pretrain", *args, "--ckpt-dir", str(tmp_path / "ck"), "--ckpt-every", "3"]
+    run = [sys.executable, "-m", "recipes.train.pretrain", *args, "--ckpt-dir", str(tmp_path / "ck"), "--ckpt-every", "3"]
     killed_log = tmp_path / "killed.jsonl"
     proc = subprocess.Popen([*run, "--log-file", str(killed_log)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -17,7 +17,7 @@ from lm_eval.api.registry import get_model  # noqa: E402
 
 from recipes.builders import satformer  # noqa: E402
 from recipes.generate import generate  # noqa: E402
-from recipes.lm_eval_adapter import ValueRoutingLM  # noqa: E402
+from recipes.eval.lm_eval_adapter import ValueRoutingLM  # noqa: E402
 from recipes.model import CausalLM  # noqa: E402
 
 TASKS = Path(__file__).parent / "data" / "lm_eval"
@@ -142,7 +142,7 @@ def test_batching_does_not_change_scores(model):
 def test_registered_by_name_and_loads_a_saved_hf_checkpoint(model, tmp_path):
     assert get_model("value_routing") is ValueRoutingLM
     pytest.importorskip("transformers")
-    from recipes.hf import SATForCausalLM
+    from recipes.interop.hf import SATForCausalLM
 
     SATForCausalLM.from_causal_lm(model).save_pretrained(tmp_path)
     lm = ValueRoutingLM.create_from_arg_string(f"pretrained={tmp_path},tokenizer=byte", {"batch_size": 2})

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recipes.mqar import IGNORE_INDEX, MQARConfig, evaluate_mqar, mqar_accuracy, mqar_batch, train_mqar
+from recipes.eval.mqar import IGNORE_INDEX, MQARConfig, evaluate_mqar, mqar_accuracy, mqar_batch, train_mqar
 from recipes.train import TrainConfig
 
 

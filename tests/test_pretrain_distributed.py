@@ -1,4 +1,4 @@
-"""recipes.pretrain under torchrun: 2 CPU ranks (gloo, loopback) train like one process.
+"""recipes.train.pretrain under torchrun: 2 CPU ranks (gloo, loopback) train like one process.
 
 The test launches this file as a torchrun worker (``__main__`` below) once for DDP and FSDP2
 and compares the per-step losses with a single-process run on the same global batch.
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes import checkpoint, pretrain
+from recipes.train import checkpoint, pretrain
 from recipes.data import embedded_corpus
-from recipes.shards import write_shard
+from recipes.data.shards import write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4

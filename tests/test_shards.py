@@ -6,9 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recipes import shards
-from recipes.shards import TokenWindows, read_shard, write_shard, write_shards
-from recipes.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
+from recipes.data import shards
+from recipes.data.shards import TokenWindows, read_shard, write_shard, write_shards
+from recipes.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 
 
 def test_llmc_header_layout(tmp_path):
@@ -114,7 +114,7 @@ def test_load_tokenizer_errors(tmp_path):
 
 def test_hf_tokenizer_trained_locally_drives_shards_and_pretraining(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    from recipes import pretrain
+    from recipes.train import pretrain
     from recipes.data import embedded_corpus
 
     text = bytes(embedded_corpus(max_bytes=200_000)[0][:40_000].tolist()).decode("utf-8", errors="ignore")

@@ -12,11 +12,12 @@ import torch
 
 from recipes.builders import BUILDERS
 from recipes.data import embedded_corpus
-from recipes.eval import study
-from recipes.eval.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
-from recipes.eval.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
-from recipes.mqar import MQARConfig, train_mqar
-from recipes.train import RunResult, TrainConfig, format_table, noise_note, study_noise, train_one
+from recipes.experiments import study
+from recipes.experiments.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
+from recipes.experiments.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
+from recipes.eval.mqar import MQARConfig, train_mqar
+from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
+from recipes.train.optim import TrainConfig
 
 TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
 
@@ -165,7 +166,7 @@ def test_report_only_rerenders_from_the_jsonl(tmp_path):
 
 
 def study_report_plots(out: Path) -> list[Path]:
-    from recipes.eval.study_report import plot
+    from recipes.experiments.study_report import plot
 
     runs = load_runs(out / "runs.jsonl")
     return plot(summarize(runs), runs, out)
@@ -215,7 +216,7 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
 def test_demo_reads_the_noise_of_its_exact_budget(tmp_path):
     cfg = _cfg(seeds=(0, 1, 2), variants=("baseline", "satformer", "static"))
     runs = study.run_study(cfg, tmp_path, progress=False)
-    from recipes.eval.study_report import write_report
+    from recipes.experiments.study_report import write_report
 
     write_report(tmp_path, plots=False)
     model = study_model_config(VARIANTS["baseline"], cfg.shape, 256, 512)

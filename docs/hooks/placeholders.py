@@ -23,7 +23,7 @@ which trains every registered strategy on the same batch from the same initial w
 the train steps interleaved with the baseline's, and writes `tables.md` (step time and peak
 memory relative to the baseline, buffer-vs-stack speed-ups, sweeps over sequence length and
 depth), `results.json` and the plot `bench_<device>.png` into `--out`. See
-[`recipes.bench`][recipes.bench] for the method.
+[`recipes.bench.step`][recipes.bench.step] for the method.
 """,
 }
 

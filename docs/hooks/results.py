@@ -1,7 +1,7 @@
 """MkDocs hook: render committed study results into a page.
 
 ``<!-- study-results: DIR -->`` (``DIR`` relative to ``docs/``, e.g. ``results/study``) expands to
-the ``results.md`` that ``python -m recipes.eval.study`` wrote into ``docs/DIR`` followed by the
+the ``results.md`` that ``python -m recipes.experiments.study`` wrote into ``docs/DIR`` followed by the
 plots it wrote there; until that directory holds results, to a note saying how to produce them.
 Numbers on the page therefore always come from a committed run, never typed in by hand. Only
 plots that exist are linked, so ``mkdocs build --strict`` passes either way.
@@ -24,7 +24,7 @@ def _expand(match: re.Match, docs: Path, page_dir: Path) -> str:
     if not table.exists():
         preset = _PRESETS.get(rel, "published")
         return (f'!!! note "Not run yet"\n    No results are committed in `docs/{rel}` yet. Produce them with\n'
-                f"    `python -m recipes.eval.study --preset {preset} --workers 2` (resumable; it writes "
+                f"    `python -m recipes.experiments.study --preset {preset} --workers 2` (resumable; it writes "
                 f"`runs.jsonl`, `results.md`, `summary.json` and the plots there).\n")
     figures = [f"![{png.stem}]({os.path.relpath(png, docs / page_dir).replace(os.sep, '/')})"
                for png in sorted(directory.glob("*.png"))]

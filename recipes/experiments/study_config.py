@@ -1,4 +1,4 @@
-"""What a study (:mod:`recipes.eval.study`) runs: variants, model shape, tasks, seeds; the presets."""
+"""What a study (:mod:`recipes.experiments.study`) runs: variants, model shape, tasks, seeds; the presets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from recipes.builders import BUILDERS, SIZES, model_config
 from recipes.config import ModelConfig
-from recipes.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
-from recipes.train import TrainConfig
+from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
+from recipes.train.optim import TrainConfig
 from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 

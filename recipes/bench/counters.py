@@ -1,7 +1,7 @@
 """User-space CPU cycles and instructions of this process, from Linux hardware counters.
 
 Wall-clock time on a shared machine moves with whatever else runs; the instructions a step
-retires do not, and its cycles count only while it runs. :mod:`recipes.bench` reports both
+retires do not, and its cycles count only while it runs. :mod:`recipes.bench.step` reports both
 beside wall time on CPU as a contention-robust cross-check. Counters are opened with
 ``perf_event_open`` (``exclude_kernel``, so ``perf_event_paranoid <= 2`` suffices) and
 ``inherit``, so threads started *after* :func:`process_counters` is first called (torch's

@@ -6,7 +6,7 @@
 ``from_pretrained`` (safetensors), ``AutoModelForCausalLM`` and ``generate()`` work. Importing
 this module registers both under ``model_type = "value_routing"``::
 
-    from recipes.hf import SATForCausalLM
+    from recipes.interop.hf import SATForCausalLM
     hf = SATForCausalLM.from_causal_lm(model)     # shares model's weights
     hf.save_pretrained("ckpt")
     hf = AutoModelForCausalLM.from_pretrained("ckpt")
@@ -30,7 +30,7 @@ try:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
     from transformers.modeling_outputs import CausalLMOutputWithPast
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("recipes.hf needs transformers: pip install 'value_routing[hf]'") from err
+    raise ImportError("recipes.interop.hf needs transformers: pip install 'value_routing[hf]'") from err
 
 from blocks import LayerCache, rope_tables
 from recipes.config import ModelConfig

@@ -1,4 +1,4 @@
-"""Configuration of :mod:`recipes.pretrain`: per-size optimisation defaults, the frozen run
+"""Configuration of :mod:`recipes.train.pretrain`: per-size optimisation defaults, the frozen run
 config, and resolving command-line arguments against the defaults."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from recipes.builders import SIZES
-from recipes.shards import SHARD_FORMATS
-from recipes.train import OptimConfig
+from recipes.data.shards import SHARD_FORMATS
+from recipes.train.optim import OptimConfig
 from recipes.validate import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 

@@ -1,10 +1,10 @@
 """A multi-seed study: strategies × seeds × tasks, with paired differences a reader can trust.
 
-``python -m recipes.eval.study --preset published --out runs/study --workers 2`` trains every
+``python -m recipes.experiments.study --preset published --out runs/study --workers 2`` trains every
 variant (a registry strategy plus options, e.g. ``satformer-sigmoid``) on every task (``lm``:
 validation loss on the embedded corpus; ``mqar``: multi-query associative recall accuracy) for
 every seed. A seed fixes the initial-weight RNG and the data order, the same for every variant,
-so differences to the baseline can be paired by seed (:mod:`recipes.eval.study_report`).
+so differences to the baseline can be paired by seed (:mod:`recipes.experiments.study_report`).
 
 Each run is a pure function of its spec (variant, seed, task, full model and training configs);
 when it finishes, one JSON line is appended to ``OUT/runs.jsonl`` (flushed and fsynced). A run's
@@ -31,8 +31,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipes.eval.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
-from recipes.eval.study_report import load_runs, write_report
+from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
+from recipes.experiments.study_report import load_runs, write_report
+from recipes.experiments.study_run import execute
 
 #: Bumped when what a run computes changes, so old results are not reused.
 STUDY_VERSION = 1
@@ -62,9 +63,7 @@ def spec_key(spec: dict[str, Any]) -> str:
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train and evaluate the run ``spec`` describes (single-threaded; see :mod:`recipes.eval.study_run`)."""
-    from recipes.eval.study_run import execute
-
+    """Train and evaluate the run ``spec`` describes (single-threaded; see :func:`execute`)."""
     return {"key": spec_key(spec), **execute(spec), "finished_at": time.time(), "spec": spec}
 
 

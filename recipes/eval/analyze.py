@@ -4,8 +4,8 @@ For every gated layer and kv-head: the mean gate, the fraction of exact zeros (`
 reuse off there), and the same split by the class of the input byte (newline, whitespace,
 letter, first letter of a Python keyword, digit, punctuation/operator, other).
 
-``python -m recipes.analyze --out runs/gates`` trains a tiny SATFormer on the embedded corpus
-for a few hundred steps (or loads ``--checkpoint``: a :mod:`recipes.checkpoint` directory or a
+``python -m recipes.eval.analyze --out runs/gates`` trains a tiny SATFormer on the embedded corpus
+for a few hundred steps (or loads ``--checkpoint``: a :mod:`recipes.train.checkpoint` directory or a
 safetensors file; a bare state dict goes into the ``--size`` model) and writes ``gate_heatmap.png``, ``gate_by_class.png`` and ``summary.json`` into ``--out``.
 From Python: ``write_report(analyze_gates(model, tokens), out_dir)``.
 """
@@ -197,12 +197,12 @@ def _heatmap(fig, ax, values, rows: list[str], cols: list[str], title: str) -> N
 def load_model(checkpoint: str | Path, size: str = "tiny", act: str = "relu", last_k: int | None = None) -> CausalLM:
     """A SATFormer from a checkpoint directory or ``.safetensors`` file (no pickle).
 
-    Weights saved with their model config (as :mod:`recipes.pretrain` does) rebuild that model;
+    Weights saved with their model config (as :mod:`recipes.train.pretrain` does) rebuild that model;
     a bare state dict is loaded into a ``size`` SATFormer with ``act`` and ``last_k``.
     """
     from safetensors import safe_open
 
-    from recipes import checkpoint as ckpt
+    from recipes.train import checkpoint as ckpt
     from recipes.builders import satformer
 
     path = Path(checkpoint)
@@ -222,7 +222,7 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     """A tiny SATFormer trained ``steps`` steps on the embedded corpus (as in the demo)."""
     from recipes.builders import satformer
     from recipes.data import embedded_corpus, random_batch
-    from recipes.train import TrainConfig, make_optimizer, train_step
+    from recipes.train.optim import TrainConfig, make_optimizer, train_step
 
     cfg = TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps - 1), seed=seed)
     train, _ = embedded_corpus()

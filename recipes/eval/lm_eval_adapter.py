@@ -6,12 +6,12 @@ with its KV cache. Works with the :class:`~recipes.data.ByteTokenizer` or any to
 with ``encode`` / ``decode`` (a ``transformers`` tokenizer is called without special tokens)::
 
     from lm_eval import simple_evaluate
-    from recipes.lm_eval_adapter import ValueRoutingLM
+    from recipes.eval.lm_eval_adapter import ValueRoutingLM
     lm = ValueRoutingLM(model, tokenizer="byte", batch_size=8)
     simple_evaluate(model=lm, tasks=["my_task"], task_manager=TaskManager(include_path="tasks/"))
 
 or by name: ``simple_evaluate(model="value_routing", model_args="pretrained=ckpt_dir")`` where
-``ckpt_dir`` was written by :meth:`recipes.hf.SATForCausalLM.save_pretrained`. Nothing is
+``ckpt_dir`` was written by :meth:`recipes.interop.hf.SATForCausalLM.save_pretrained`. Nothing is
 downloaded. Needs the optional extra ``pip install 'value_routing[eval]'``.
 """
 
@@ -29,7 +29,7 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("recipes.lm_eval_adapter needs lm-eval: pip install 'value_routing[eval]'") from err
+    raise ImportError("recipes.eval.lm_eval_adapter needs lm-eval: pip install 'value_routing[eval]'") from err
 
 from recipes.data import ByteTokenizer
 from recipes.generate import sample
@@ -229,10 +229,10 @@ def _special_id(tokenizer: Any, names: Sequence[str]) -> int | None:
 def _load_model(pretrained: Any) -> CausalLM:
     if isinstance(pretrained, CausalLM):
         return pretrained
-    if isinstance(getattr(pretrained, "model", None), CausalLM):  # recipes.hf.SATForCausalLM
+    if isinstance(getattr(pretrained, "model", None), CausalLM):  # recipes.interop.hf.SATForCausalLM
         return pretrained.model
     if isinstance(pretrained, (str, os.PathLike)) and os.path.isdir(pretrained):
-        from recipes.hf import SATForCausalLM
+        from recipes.interop.hf import SATForCausalLM
 
         return SATForCausalLM.from_pretrained(pretrained, local_files_only=True).model
     raise ValueError(

@@ -2,12 +2,12 @@
 
 ::
 
-    python -m recipes.pretrain --config small --strategy satformer --data 'fineweb10B/*train*.bin'
-    torchrun --nproc_per_node 8 -m recipes.pretrain --config small --parallel fsdp \\
+    python -m recipes.train.pretrain --config small --strategy satformer --data 'fineweb10B/*train*.bin'
+    torchrun --nproc_per_node 8 -m recipes.train.pretrain --config small --parallel fsdp \\
         --data 'fineweb10B/*train*.bin' --val-data 'fineweb10B/*val*.bin' --ckpt-dir ckpt --resume
 
 Data is the embedded stdlib corpus (bytes; the default) or pre-tokenized uint16 ``.bin``
-shards (:mod:`recipes.shards`). Sample ``k`` of the stream is fixed by ``--seed``, so the
+shards (:mod:`recipes.data.shards`). Sample ``k`` of the stream is fixed by ``--seed``, so the
 data position saved in a checkpoint is one integer. Rank ``r`` trains on rows
 ``[r·B, (r+1)·B)`` of every global batch (``B = micro_batch · grad_accum``), so any world
 size sees the same global batch. bf16 autocast is used on CUDA only (fp32 on CPU).
@@ -33,12 +33,12 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from recipes.builders import SIZES, model_config
-from recipes.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recipes.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
 from recipes.model import CausalLM
-from recipes.shards import SHARD_FORMATS, TokenWindows
-from recipes.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
-from recipes.train import lm_loss, lr_at, make_optimizer
+from recipes.data.shards import SHARD_FORMATS, TokenWindows
+from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
+from recipes.train.optim import lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -97,7 +97,7 @@ def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
     """The model on ``ctx.device``, wrapped for ``cfg.parallel``, and its config."""
     overrides = dict(cfg.model_overrides)
     if cfg.tokenizer is not None and "vocab_size" not in overrides:
-        from recipes.tokenizers import load_tokenizer
+        from recipes.data.tokenizers import load_tokenizer
 
         overrides["vocab_size"] = load_tokenizer(cfg.tokenizer).vocab_size
     model_cfg = model_config(cfg.size, cfg.strategy, **overrides)

@@ -1,15 +1,15 @@
 """The main demo: train the tiny SATFormer and baselines on the embedded corpus, compare them.
 
-``python -m recipes.train`` trains every registered strategy at the ``tiny`` size with the
+``python -m recipes.experiments.demo`` (what ``bash scripts/demo.sh`` runs) trains every registered strategy at the ``tiny`` size with the
 same seed, data order and optimiser, then prints validation loss per strategy and, unless
 ``--no-mqar``, the accuracy of a small model of each strategy on multi-query associative recall
-(:mod:`recipes.mqar`, ~20 s per strategy).
+(:mod:`recipes.eval.mqar`, ~20 s per strategy).
 
 One seed is one sample: next to it the table shows, when the committed study of the demo's exact
-settings (:data:`NOISE_FILE`, ``python -m recipes.eval.study --preset demo``) matches the run, the
-paired difference to the baseline over its seeds with a 95% interval, and the single-seed spread.
-The demo times nothing (strategies trained one after another would each see different machine
-load); ``python -m recipes.bench`` measures step cost interleaved with the baseline.
+settings (:data:`NOISE_FILE`, ``python -m recipes.experiments.study --preset demo``) matches the
+run, the paired difference to the baseline over its seeds with a 95% interval, and the single-seed
+spread. The demo times nothing (strategies trained one after another would each see different
+machine load); ``python -m recipes.bench`` measures step cost interleaved with the baseline.
 """
 
 from __future__ import annotations
@@ -20,54 +20,18 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from recipes.builders import BUILDERS, SIZES
 from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
+from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
 from recipes.model import CausalLM
-from recipes.validate import check_min
-from value_routing.typing import Tensor
+from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
 from value_routing.strategies import STRATEGIES
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """The schedule and AdamW settings :func:`lr_at` and :func:`make_optimizer` read; the base of
-    :class:`TrainConfig` and :class:`recipes.pretrain_config.PretrainConfig`."""
-
-    steps: int = 250
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_min(self, 1, "steps")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup < self.steps:
-            raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
-
-
-@dataclass(frozen=True)
-class TrainConfig(OptimConfig):
-    """One run of the demo (or of :mod:`recipes.mqar`): optimisation, batch shape, evaluation."""
-
-    batch_size: int = 16
-    seq_len: int = 128
-    eval_batches: int = 16
-    seed: int = 0
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_min(self, 1, "batch_size", "seq_len", "eval_batches")
 
 
 @dataclass(frozen=True)
@@ -76,53 +40,6 @@ class RunResult:
     params: int
     val_loss: float
     seconds: float
-
-
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, gains or scalar λ)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(x).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) -> torch.Tensor:
-    """One optimiser step on ``batch = (inputs, targets)`` at the scheduled lr; returns the loss."""
-    for group in opt.param_groups:
-        group["lr"] = lr_at(step, cfg)
-    loss = loss_fn(model, *batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return loss
-
-
-def fit(model, opt, cfg: OptimConfig, next_batch: Callable[[], tuple[Tensor, Tensor]], loss_fn=lm_loss,
-        desc: str | None = None) -> list[float]:
-    """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns the loss of every step.
-
-    ``desc`` shows a progress bar with that label and the current loss.
-    """
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
-    for step in bar:
-        losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    return losses
 
 
 @torch.no_grad()
@@ -149,7 +66,7 @@ def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val
 
 
 #: The demo preset of the multi-seed study (docs/results.md), committed: the noise at the demo's budget.
-NOISE_FILE = Path(__file__).resolve().parents[1] / "docs" / "results" / "demo" / "summary.json"
+NOISE_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "demo" / "summary.json"
 _BUDGET_KEYS = ("steps", "batch_size", "seq_len", "lr", "warmup")
 _SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "qk_norm", "vocab_size")
 
@@ -196,7 +113,7 @@ def format_table(results: list[RunResult], mqar: dict[str, float] | None = None,
 
 def noise_note(noise: dict[str, Any] | None) -> str:
     """What the reader should make of a single seed's Δ, with the measured spread when known."""
-    study = "`python -m recipes.eval.study --preset demo`; the multi-seed study: docs/results.md"
+    study = "`python -m recipes.experiments.study --preset demo`; the multi-seed study: docs/results.md"
     if not noise:
         return (f"Δ vs base is one seed; the noise at these settings is not measured in this checkout "
                 f"({study}).\nStep cost: `python -m recipes.bench` (timed interleaved with the baseline).")
@@ -217,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--no-mqar", action="store_true", help="skip the MQAR recall column (recipes.mqar)")
+    p.add_argument("--no-mqar", action="store_true", help="skip the MQAR recall column (recipes.eval.mqar)")
     return p.parse_args(argv)
 
 
@@ -233,8 +150,6 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         results.append(train_one(BUILDERS[name](args.size), cfg, train, val))
     mqar = mqar_noise = None
     if not args.no_mqar:
-        from recipes.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
-
         mqar_cfg = replace(DEMO_TRAIN, seed=args.seed)
         runs = [train_mqar(name, DEMO_TASK, mqar_cfg) for name in tqdm(args.strategies, desc="MQAR")]
         print(format_mqar(runs, DEMO_TASK))

@@ -10,7 +10,7 @@ then the tokens as little-endian uint16. The llama-3 variant (magic ``20240801``
 permuted per epoch, then the windows inside each shard. Sample ``k`` of the infinite stream
 is a pure function of ``k``, so a data position is one integer and resuming is exact.
 
-``python -m recipes.shards --tokenizer byte|tokenizer.json --out DIR files...`` tokenizes
+``python -m recipes.data.shards --tokenizer byte|tokenizer.json --out DIR files...`` tokenizes
 text files into shards.
 """
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--prefix", default="train")
     p.add_argument("--format", choices=("llmc", "raw"), default="llmc")
     args = p.parse_args(argv)
-    from recipes.tokenizers import load_tokenizer
+    from recipes.data.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     if tok.vocab_size > 2**16:

@@ -1,6 +1,6 @@
-"""What :mod:`recipes.bench` measures: variants, train-step runners, interleaved timing, peak memory.
+"""What :mod:`recipes.bench.step` measures: variants, train-step runners, interleaved timing, peak memory.
 
-The methodology is described in :mod:`recipes.bench`.
+The methodology is described in :mod:`recipes.bench.step`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from recipes.bench_counters import process_counters
+from recipes.bench.counters import process_counters
 from recipes.builders import BUILDERS, SIZES, model_config
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
-from recipes.train import TrainConfig, lm_loss, make_optimizer
+from recipes.train.optim import TrainConfig, lm_loss, make_optimizer
 from recipes.validate import check_choice, check_min
 from value_routing import strategies as strategies_module
 from value_routing.strategies import STRATEGIES, Strategy

@@ -1,4 +1,4 @@
-r"""Statistics, tables and plots of a study (:mod:`recipes.eval.study`), from its ``runs.jsonl`` alone.
+r"""Statistics, tables and plots of a study (:mod:`recipes.experiments.study`), from its ``runs.jsonl`` alone.
 
 Over the seeds :math:`s = 1..n` of a variant with metric :math:`x_s` (validation loss, or MQAR
 accuracy), the report gives the mean and a Student-t 95% confidence interval

@@ -1,4 +1,4 @@
-"""Tables, JSON and the PNG plot of :mod:`recipes.bench` results."""
+"""Tables, JSON and the PNG plot of :mod:`recipes.bench.step` results."""
 
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ import torch
 
 from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
+from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
+from recipes.experiments.demo import evaluate
 from recipes.model import CausalLM
-from recipes.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
-from recipes.train import TrainConfig, evaluate, fit, lm_loss, make_optimizer
+from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
 
 
 @functools.lru_cache(maxsize=2)

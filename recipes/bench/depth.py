@@ -1,17 +1,17 @@
 """The depth routing of the dense strategies in isolation: write-once buffer vs ``torch.stack``.
 
-``python -m recipes.bench_depth [--device cpu|cuda] [--compile] [--quick] [--out DIR]``
+``python -m recipes.bench.depth [--device cpu|cuda] [--compile] [--quick] [--out DIR]``
 
 DenseFormer and MUDDFormer (every registered strategy with an ``impl`` option) build each
 block's input from all earlier states. Inside a full model that routing is a few per cent of a
-train step (see :mod:`recipes.bench`), so what its storage costs is hard to see there. This
+train step (see :mod:`recipes.bench.step`), so what its storage costs is hard to see there. This
 benchmark keeps only the routing. Every block is a stand-in of negligible cost,
 ``y = x + c_i · (q + k + v) / 3`` with a learned scalar ``c_i`` (``q``, ``k``, ``v`` are the
 block inputs the strategy hands over, ``x`` for all three when it hands over one), so one pass
 is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(finalize(x)²)``,
 forward and backward.
 
-Method, as in :mod:`recipes.bench`:
+Method, as in :mod:`recipes.bench.step`:
 
 * both storages get the same parameters (built from one seed) and the same input, and their
   losses are checked to agree before anything is timed;
@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipes.bench_counters import process_counters
-from recipes.bench_measure import peak_call_bytes, round_ratio, time_interleaved
-from recipes.bench_report import measured_keys
+from recipes.bench.counters import process_counters
+from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
+from recipes.bench.report import measured_keys
 from recipes.validate import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.strategies.base import ModelDims
@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from recipes.bench_report import describe_machine
+    from recipes.bench.report import describe_machine
 
     args = parse_args(argv)
     process_counters()  # before torch starts its thread pool, so its threads are counted

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from recipes.data import ByteTokenizer
+from recipes.data.corpus import ByteTokenizer
 
 
 class Tokenizer(Protocol):

@@ -15,7 +15,7 @@ Every registered strategy (and both storages, ``buffer`` and ``stack``, of those
 * CPU steps are timed with ``perf_counter`` (garbage collector off), CUDA steps with CUDA
   events; torch runs with ``--threads`` intra-op threads (default 2). On Linux the user-space
   cycles and instructions of every step are read from hardware counters too
-  (:mod:`recipes.bench_counters`): their ratios do not move when other processes share the
+  (:mod:`recipes.bench.counters`): their ratios do not move when other processes share the
   cores, a cross-check of the wall-time ratio on a busy machine;
 * peak memory is ``persistent + step peak``: ``persistent`` sums the parameters, buffers and
   AdamW state; ``step peak`` is the highest net allocation during one extra step (gradients
@@ -27,7 +27,7 @@ Every registered strategy (and both storages, ``buffer`` and ``stack``, of those
 Besides the main table (``--seq-len``, ``--layers``), a sweep over sequence length and over
 depth shows how the relative cost grows (eager by default; ``--sweep-compile`` adds compiled).
 Results go to ``--out`` as ``results.json``, ``tables.md`` and ``bench_<device>.png``.
-:mod:`recipes.bench_depth` measures the dense strategies' routing alone (buffer vs stack).
+:mod:`recipes.bench.depth` measures the dense strategies' routing alone (buffer vs stack).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from recipes.bench_counters import process_counters
-from recipes.bench_measure import BenchConfig, Variant, discover_variants, measure
+from recipes.bench.counters import process_counters
+from recipes.bench.measure import BenchConfig, Variant, discover_variants, measure
 from recipes.builders import SIZES
 
 
@@ -105,7 +105,7 @@ def sweep_config(bench: BenchConfig, quick: bool) -> BenchConfig:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from recipes.bench_report import describe_machine, format_sweep, format_table, plot_sweep, write_outputs
+    from recipes.bench.report import describe_machine, format_sweep, format_table, plot_sweep, write_outputs
 
     args = parse_args(argv)
     process_counters()  # before torch starts its thread pool, so its threads are counted

@@ -10,7 +10,7 @@ model must predict the value paired with that key; all other targets are ``-100`
     targets  -   -   -   -   v2  -   -   -   v1  -        (· filler, - ignored)
 
 Filler positions hold random tokens (or ``0`` with ``random_fill=False``).
-``python -m recipes.mqar`` trains a small model of each strategy and prints query accuracy.
+``python -m recipes.eval.mqar`` trains a small model of each strategy and prints query accuracy.
 
 Reading the numbers: a model first learns to answer with *some* value from the context
 (accuracy ≈ ``1 / num_kv_pairs``, well above the uniform chance ``1 / (vocab / 2)``); real recall
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from recipes.builders import BUILDERS
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
-from recipes.train import TrainConfig, fit, make_optimizer
+from recipes.train.optim import TrainConfig, fit, make_optimizer
 from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
@@ -124,7 +124,7 @@ def mqar_loss(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "ba
 
 
 def model_mqar_loss(model: CausalLM, inputs: Tensor, targets: Tensor) -> Tensor:
-    """:func:`mqar_loss` of ``model``'s logits (the ``loss_fn`` of :func:`recipes.train.fit`)."""
+    """:func:`mqar_loss` of ``model``'s logits (the ``loss_fn`` of :func:`recipes.train.optim.fit`)."""
     return mqar_loss(model(inputs).logits, targets)
 
 

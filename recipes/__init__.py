@@ -1,0 +1,50 @@
+"""Complete causal language models built from :mod:`value_routing` and :mod:`blocks`.
+
+The top level is the LM recipe itself — configuration (:mod:`recipes.config`), builders
+(:mod:`recipes.builders`), the model (:mod:`recipes.model`) and generation
+(:mod:`recipes.generate`). Each subpackage is one concern:
+
+- :mod:`recipes.data` — the embedded corpus, pre-tokenized shards, tokenizers;
+- :mod:`recipes.train` — optimiser, schedule and train step shared by every loop; pretraining and
+  checkpoints;
+- :mod:`recipes.interop` — Hugging Face ``transformers`` wrappers;
+- :mod:`recipes.eval` — MQAR, SATFormer gate analysis, the lm-evaluation-harness adapter;
+- :mod:`recipes.experiments` — end-to-end comparisons of strategies: the CPU demo;
+- :mod:`recipes.bench` — train-step and routing benchmarks;
+- :mod:`recipes.tools` — command-line tools that are neither training nor evaluation.
+
+Imports point down that list (a subpackage never imports one listed after it) and never circle.
+"""
+
+from recipes.builders import (
+    BUILDERS,
+    SIZES,
+    denseformer,
+    hyperconnections,
+    model_config,
+    muddformer,
+    resformer,
+    satformer,
+    transformer,
+)
+from recipes.config import ModelConfig
+from recipes.generate import generate, sample
+from recipes.model import CausalLM, KVCache
+
+__all__ = [
+    "BUILDERS",
+    "SIZES",
+    "CausalLM",
+    "KVCache",
+    "ModelConfig",
+    "denseformer",
+    "generate",
+    "hyperconnections",
+    "model_config",
+    "muddformer",
+    "resformer",
+    "sample",
+    "satformer",
+    "transformer",
+]
+

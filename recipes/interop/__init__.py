@@ -1,0 +1,2 @@
+"""Interop with other libraries: Hugging Face ``transformers`` (:mod:`~recipes.interop.hf`, optional
+extra ``hf``)."""

@@ -1,0 +1,2 @@
+"""Command-line tools that are neither training nor evaluation: the parameter count of every builder
+(:mod:`~recipes.tools.params`)."""

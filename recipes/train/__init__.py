@@ -1,0 +1,7 @@
+"""Training: what every loop shares (:mod:`~recipes.train.optim`: optimiser, schedule, loss, one
+step, the loop), pretraining (:mod:`~recipes.train.pretrain`, :mod:`~recipes.train.pretrain_config`) and
+checkpoints (:mod:`~recipes.train.checkpoint`)."""
+
+from recipes.train.optim import OptimConfig, TrainConfig, fit, lm_loss, lr_at, make_optimizer, train_step
+
+__all__ = ["OptimConfig", "TrainConfig", "fit", "lm_loss", "lr_at", "make_optimizer", "train_step"]
