@@ -240,3 +240,22 @@ def test_demo_reads_the_noise_of_its_exact_budget(tmp_path):
     sat = noise["satformer"]["delta"]
     assert f"{sat['mean']:+.3f}±{sat['half_width']:.3f}" in table.splitlines()[2]
     assert "not measured" in noise_note(None) and "recipes.bench" in noise_note(None)
+
+
+def test_lm_only_variants_skip_mqar_and_mixed_settings_are_refused(tmp_path):
+    mqar = Task(replace(TRAIN, seq_len=16), MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2))
+    cfg = replace(_cfg(seeds=(0,), variants=("baseline", "satformer", "satformer-sigmoid")), mqar=mqar,
+                  lm_only=("satformer-sigmoid",))
+    cells = [(s["task"], s["variant"]["name"]) for s in study.plan(cfg)]
+    assert ("lm", "satformer-sigmoid") in cells and ("mqar", "satformer-sigmoid") not in cells and len(cells) == 5
+    with pytest.raises(ValueError, match="lm_only must name non-baseline variants"):
+        replace(cfg, lm_only=("baseline",))
+    assert cfg.override(variants=["baseline", "satformer"]).lm_only == ()
+    study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
+    runs = study.run_study(_cfg(steps=5, seeds=(0,)), tmp_path, progress=False)
+    assert len(runs) == 2 and len(load_runs(tmp_path / "runs.jsonl")) == 4
+    from recipes.experiments.study_report import write_report
+
+    assert write_report(tmp_path, plots=False, runs=runs)["lm"]["budget"]["steps"] == 5
+    with pytest.raises(ValueError, match="mixes studies"):
+        study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])

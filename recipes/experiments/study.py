@@ -11,7 +11,8 @@ when it finishes, one JSON line is appended to ``OUT/runs.jsonl`` (flushed and f
 key is a hash of its spec: an interrupted study rerun with the same arguments skips the finished
 runs, and a changed setting never reuses a stale result. Every run uses one thread, so results do
 not depend on ``--workers`` (the number of parallel processes; use one per core).
-``--report-only`` re-renders ``results.md``, ``summary.json`` and the PNGs from ``runs.jsonl``.
+After a study, its report covers exactly the runs of its settings; ``--report-only`` re-renders
+``results.md``, ``summary.json`` and the PNGs from all of ``runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
     for seed in cfg.seeds:
         for task_name, task in cfg.tasks.items():
             for variant in cfg.variants:
+                if task_name != "lm" and variant.name in cfg.lm_only:
+                    continue
                 model = study_model_config(variant, task.shape or cfg.shape, task.vocab_size, task.max_seq_len)
                 specs.append({
                     "version": STUDY_VERSION, "task": task_name, "seed": seed, "variant": asdict(variant),
@@ -145,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: {err}") from None
         print(f"study {args.preset}: {len(cfg.variants)} variants × {len(cfg.seeds)} seeds × tasks {list(cfg.tasks)}"
               f" -> {out / 'runs.jsonl'}", file=sys.stderr)
-        run_study(cfg, out, args.workers)
-    summary = write_report(out, plots=not args.no_plots)
+        runs = run_study(cfg, out, args.workers)
+    summary = write_report(out, plots=not args.no_plots, runs=None if args.report_only else runs)
     print((out / "results.md").read_text())
     return summary
 

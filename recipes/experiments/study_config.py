@@ -99,6 +99,8 @@ class StudyConfig:
     mqar: Task | None = None
     curve_points: int = 50
     baseline: str = "baseline"
+    #: Variants run on the ``lm`` task only (ablations, to save the budget for more seeds).
+    lm_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.variants]
@@ -115,6 +117,8 @@ class StudyConfig:
         if self.mqar is not None and self.mqar.mqar is None:
             raise ValueError("mqar must be a Task with mqar settings (an MQARConfig)")
         check_min(self, 1, "curve_points")
+        if not set(self.lm_only) <= set(names) - {self.baseline}:
+            raise ValueError(f"lm_only must name non-baseline variants of {names}, got {list(self.lm_only)}")
         for task in self.tasks.values():  # bad shapes or options fail here, naming the field
             for variant in self.variants:
                 study_model_config(variant, task.shape or self.shape, task.vocab_size, task.max_seq_len)
@@ -134,6 +138,7 @@ class StudyConfig:
             if unknown:
                 raise ValueError(f"variants must be among {tuple(VARIANTS)}, got unknown {unknown}")
             changes["variants"] = tuple(VARIANTS[v] for v in variants)
+            changes["lm_only"] = tuple(v for v in self.lm_only if v in variants)
         if tasks is not None:
             bad = [t for t in tasks if t not in self.tasks]
             if bad:

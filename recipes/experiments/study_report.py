@@ -99,7 +99,12 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
     Δ vs ``baseline``, the MQAR solve rate, seeds, parameters and mean training seconds."""
     by: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
-        by[run["spec"]["task"]][run["spec"]["variant"]["name"]][run["spec"]["seed"]] = run
+        spec = run["spec"]
+        cell = by[spec["task"]][spec["variant"]["name"]]
+        if spec["seed"] in cell and cell[spec["seed"]]["spec"] != spec:
+            raise ValueError(f"runs of different settings for {spec['task']} / {spec['variant']['name']} / seed "
+                             f"{spec['seed']}: the results file mixes studies; use a fresh --out per setting")
+        cell[spec["seed"]] = run
     out: dict[str, Any] = {}
     for task, variants in by.items():
         key = _METRIC[task][0]
@@ -207,10 +212,12 @@ def cost_line(runs: list[dict[str, Any]]) -> str:
     return text + "."
 
 
-def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True) -> dict[str, Any]:
-    """Render ``summary.json``, ``results.md`` and the PNGs in ``out`` from ``out/runs.jsonl``."""
+def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True,
+                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Render ``summary.json``, ``results.md`` and the PNGs in ``out`` from ``runs`` (default: all
+    of ``out/runs.jsonl``)."""
     out = Path(out)
-    runs = load_runs(out / "runs.jsonl")
+    runs = load_runs(out / "runs.jsonl") if runs is None else runs
     if not runs:
         raise ValueError(f"no finished runs in {out / 'runs.jsonl'}")
     summary = summarize(runs, baseline)
