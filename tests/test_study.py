@@ -259,3 +259,22 @@ def test_lm_only_variants_skip_mqar_and_mixed_settings_are_refused(tmp_path):
     assert write_report(tmp_path, plots=False, runs=runs)["lm"]["budget"]["steps"] == 5
     with pytest.raises(ValueError, match="mixes studies"):
         study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])
+
+
+def test_demo_preset_runs_exactly_the_demo():
+    """--preset demo measures the noise of the demo's own settings (models, budget, data), per seed."""
+    from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, mqar_model_config
+    from recipes.experiments.study_config import demo_preset
+    from recipes.config import ModelConfig
+
+    specs = study.plan(demo_preset())
+    assert len(specs) == 4 * 2 * len(BUILDERS)
+    for spec in specs:
+        name, seed, model = spec["variant"]["name"], spec["seed"], ModelConfig(**spec["model"])
+        if spec["task"] == "lm":
+            assert model == BUILDERS[name]("tiny") and spec["corpus_bytes"] == 4_000_000
+            assert TrainConfig(**spec["train"]) == TrainConfig(seed=seed)
+        else:
+            assert model == mqar_model_config(name, DEMO_TASK, **DEMO_MODEL)
+            assert TrainConfig(**spec["train"]) == replace(DEMO_TRAIN, seed=seed)
+            assert MQARConfig(**spec["mqar"]) == DEMO_TASK

@@ -70,25 +70,19 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     return {"key": spec_key(spec), **execute(spec), "finished_at": time.time(), "spec": spec}
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _execute(specs: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+    """Results of ``specs`` as they finish: in this process, or in ``workers`` spawned processes."""
     if workers == 1:
         for spec in specs:
             yield run_one(spec)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_one, spec) for spec in specs]
         try:
             for future in as_completed(futures):
                 yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+        finally:  # on an error or interrupt, start no further run (finished ones are on disk)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _drop_torn_line(path: Path) -> None:
