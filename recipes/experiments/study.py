@@ -1,6 +1,6 @@
 """A multi-seed study: strategies × seeds × tasks, with paired differences a reader can trust.
 
-``python -m recipes.experiments.study --preset published --out runs/study --workers 2`` trains every
+``python -m recipes.experiments.study --preset published --workers 2`` trains every
 variant (a registry strategy plus options, e.g. ``satformer-sigmoid``) on every task (``lm``:
 validation loss on the embedded corpus; ``mqar``: multi-query associative recall accuracy) for
 every seed. A seed fixes the initial-weight RNG and the data order, the same for every variant,
@@ -55,6 +55,8 @@ def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
                     "version": STUDY_VERSION, "task": task_name, "seed": seed, "variant": asdict(variant),
                     "model": asdict(model), "train": {**asdict(task.train), "seed": seed},
                     "mqar": asdict(task.mqar) if task.mqar else None, "corpus_bytes": task.corpus_bytes,
+                    # the embedded corpus is this Python's standard library
+                    "python": None if task.mqar else "%d.%d" % sys.version_info[:2],
                     "curve_points": cfg.curve_points,
                 })
     return specs
