@@ -266,13 +266,17 @@ CASES = [
     ("mudd", {}),
     ("hyper", {"rate": 3}),
     ("hyper", {"rate": 2, "dynamic": False}),
+    ("mudd", {"form": "authors"}),
+    ("hyper", {"form": "authors", "rate": 3}),
+    ("hyper", {"form": "authors", "rate": 2, "dynamic": False}),
 ]
 
 
 @pytest.mark.parametrize(
     "strategy, options",
     [("dense", {}), ("dense", {"dilation": 2, "period": 3}), ("mudd", {}),
-     ("hyper", {"norm_eps": 0.0}), ("hyper", {"dynamic": False, "rate": 2})],
+     ("hyper", {"norm_eps": 0.0}), ("hyper", {"dynamic": False, "rate": 2}),
+     ("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})],
 )
 def test_identity_init_equals_baseline(strategy, options):
     """At init DenseFormer and MUDDFormer *are* the baseline; Hyper-Connections sum n equal
@@ -313,7 +317,9 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("strategy, options", [("dense", {"dilation": 2}), ("mudd", {}), ("hyper", {"rate": 2})])
+@pytest.mark.parametrize("strategy, options", [
+    ("dense", {"dilation": 2}), ("mudd", {}), ("hyper", {"rate": 2}),
+    ("mudd", {"form": "authors"}), ("hyper", {"rate": 2, "form": "authors"})])
 def test_compile_fullgraph_matches_eager(strategy, options, fresh_dynamo):
     """One compile per strategy, forward and backward, float64. The aot_eager backend runs the
     whole capture (dynamo, fullgraph: no graph break) and AOTAutograd (functionalised buffer
@@ -336,7 +342,8 @@ def test_builders_and_registry():
     assert {"dense", "mudd", "hyper"} <= set(BUILDERS)
     assert denseformer("tiny", dilation=2, period=2).strategy_options["dilation"] == 2
     assert muddformer("medium", impl="stack").strategy == "mudd"
-    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {"rate": 2, "dynamic": False}
+    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {
+        "form": "authors", "rate": 2, "dynamic": False}
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,6 @@ from recipes.train.optim import TrainConfig
 from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 
-#: Architecture choices of the paper presets that a study's narrower, shallower models keep.
-#: (The one place to wire further preset fields: q/k-norm eps, init without output rescale, ...)
-PAPER_ARCH: dict[str, Any] = {"qk_norm": True}
-
-
 @dataclass(frozen=True)
 class Variant:
     """A named table row: registry ``strategy`` plus ``options`` over its builder's defaults."""
@@ -42,8 +37,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 @dataclass(frozen=True)
 class Shape:
-    """Width and depth of a study's models; ``paper_arch`` adds :data:`PAPER_ARCH` (else the
-    demo's ``tiny`` builders' choices)."""
+    """Width and depth of a study's models. ``paper_arch``: everything else as the paper presets
+    (the ``small`` size: qk-norm and its ε, init, d_ff = 4 d_model, the authors' forms of the
+    strategies, :data:`recipes.builders.PAPER_OPTIONS`); else as the demo's ``tiny`` builders."""
 
     d_model: int = 128
     n_layers: int = 8
@@ -56,13 +52,15 @@ class Shape:
 
 
 def study_model_config(variant: Variant, shape: Shape, vocab_size: int, max_seq_len: int) -> ModelConfig:
-    """The model of ``variant`` at ``shape``: the strategy's builder defaults, the variant's options,
-    and (with ``shape.paper_arch``) the paper presets' architecture choices."""
-    options = {**BUILDERS[variant.strategy]("tiny").strategy_options, **variant.options}
+    """The model of ``variant`` at ``shape``: the ``small`` preset (with ``shape.paper_arch``) or
+    the ``tiny`` one made ``shape``'s width and depth, the builder's options updated by the variant's."""
+    size = "small" if shape.paper_arch else "tiny"
+    options = {**BUILDERS[variant.strategy](size).strategy_options, **variant.options}
     dims = dict(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads,
                 n_kv_heads=shape.n_kv_heads, vocab_size=vocab_size, max_seq_len=max_seq_len)
-    return model_config("tiny", variant.strategy, strategy_options=options, **dims,
-                        **(PAPER_ARCH if shape.paper_arch else {}))
+    if shape.paper_arch:  # keep the preset's FFN ratio at the narrower width
+        dims["d_ff"] = SIZES[size]["d_ff"] // SIZES[size]["d_model"] * shape.d_model
+    return model_config(size, variant.strategy, strategy_options=options, **dims)
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ def published_preset() -> StudyConfig:
     Sized to ~90 minutes on 2 cores with ``--workers 2`` from per-step CPU times of one run per
     task (LM ≈ 0.6-0.9 s/step, MQAR ≈ 0.09-0.13 s/step on one thread): LM 45 runs × 250 steps,
     MQAR 30 runs × 800 steps. Narrower and shallower than the paper's ``small`` (d_model 768,
-    11 layers) with its architecture choices (:data:`PAPER_ARCH`); 8 layers, so 7 read ``V1``.
+    11 layers) with its architecture choices (:class:`Shape`); 8 layers, so 7 read ``V1``.
     """
     lm = TrainConfig(steps=250, batch_size=16, seq_len=128, lr=3e-3, warmup=25, eval_batches=16)
     mqar = TrainConfig(steps=800, batch_size=32, seq_len=PUBLISHED_MQAR.seq_len, lr=3e-3, warmup=30, eval_batches=8)
