@@ -155,3 +155,25 @@ def test_rst_docstrings_become_markdown() -> None:
         "Mix $V_1$ into `Strategy` values:\n\n$$\nV' = V + V_1\n$$\n\n"
         "Use it:\n\n    gate(x)\n\n``hook(x)``\n:   What it does.\n\n``other()``\n:   More."
     )
+
+
+def test_results_page_renders_the_committed_study(site: Path, tmp_path: Path) -> None:
+    """docs/results.md shows the committed study's table and plots, or says how to produce them."""
+    html = (site / "results" / "index.html").read_text()
+    for rel in ("results/study", "results/demo"):
+        table = ROOT / "docs" / rel / "results.md"
+        if table.exists():
+            assert table.read_text().splitlines()[0].lstrip("# ") in html
+        else:
+            assert f"docs/{rel}</code> yet" in html
+    spec = importlib.util.spec_from_file_location("results_hook", ROOT / "docs" / "hooks" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "results" / "x").mkdir(parents=True)
+    (tmp_path / "results" / "x" / "results.md").write_text("| a | b |\n")
+    (tmp_path / "results" / "x" / "delta_lm.png").write_bytes(b"png")
+    page = type("Page", (), {"file": type("File", (), {"src_uri": "guides/page.md"})()})()
+    out = mod.on_page_markdown("A\n<!-- study-results: results/x -->\nB", page, {"docs_dir": str(tmp_path)}, None)
+    assert out == "A\n| a | b |\n\n![delta_lm](../results/x/delta_lm.png)\n\nB"
+    missing = mod.on_page_markdown("<!-- study-results: results/y -->", page, {"docs_dir": str(tmp_path)}, None)
+    assert "Not run yet" in missing and "--preset published" in missing
