@@ -1,7 +1,7 @@
 """Training: what every loop shares (:mod:`~recipes.train.optim`: optimiser, schedule, loss, one
-step), pretraining (:mod:`~recipes.train.pretrain`, :mod:`~recipes.train.pretrain_config`) and
+step, the loop), pretraining (:mod:`~recipes.train.pretrain`, :mod:`~recipes.train.pretrain_config`) and
 checkpoints (:mod:`~recipes.train.checkpoint`)."""
 
-from recipes.train.optim import DECAY_RULES, OptimConfig, TrainConfig, lm_loss, lr_at, make_optimizer, train_step
+from recipes.train.optim import DECAY_RULES, OptimConfig, TrainConfig, fit, lm_loss, lr_at, make_optimizer, train_step
 
-__all__ = ["DECAY_RULES", "OptimConfig", "TrainConfig", "lm_loss", "lr_at", "make_optimizer", "train_step"]
+__all__ = ["DECAY_RULES", "OptimConfig", "TrainConfig", "fit", "lm_loss", "lr_at", "make_optimizer", "train_step"]

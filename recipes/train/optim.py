@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from recipes.validate import check_choice, check_min
 
@@ -93,3 +95,17 @@ def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) 
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     return loss
+
+
+def fit(model, opt, cfg: TrainConfig, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        loss_fn=lm_loss, desc: str | None = None) -> list[float]:
+    """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns every step's loss.
+
+    ``desc`` shows a progress bar with that label and the current loss.
+    """
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
+    for step in bar:
+        losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses
