@@ -75,8 +75,10 @@ MUTANTS = [
     # selective gate
     Mutant("satformer: last_k gates one layer fewer", STRATEGIES + "selective_gate.py",
            "else n_layers - last_k", "else n_layers - last_k + 1", MODEL_TESTS),
-    Mutant("satformer: wrong gate index", STRATEGIES + "selective_gate.py", "logits = self.gates[layer - self.first_gated](h)",
-           "logits = self.gates[layer - 1](h)", MODEL_TESTS),
+    Mutant("satformer: wrong gate index", STRATEGIES + "selective_gate.py", "proj = self.gates[layer - self.first_gated]",
+           "proj = self.gates[layer - 1]", MODEL_TESTS),
+    Mutant("satformer: bias dropped when fused", STRATEGIES + "selective_gate.py", "logits = logits + proj.bias",
+           "logits = logits", MODEL_TESTS),
     # kernel references
     Mutant("gate_mix: gate multiplies v", "value_routing/kernels/gate_mix.py",
            "gate_activation(logits, act).unsqueeze(-1) * v1", "gate_activation(logits, act).unsqueeze(-1) * v", KERNEL_TESTS),

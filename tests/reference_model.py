@@ -222,14 +222,17 @@ class Static(Routing):
 
 
 class SATFormer(Routing):
-    """``V'_n = V_n + act(W_α,n h_n) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
+    """``V'_n = V_n + act(W_α,n h_n [+ b_n]) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
 
     def mix(self, i, v, v1, h):
         last_k = self.opt.get("last_k")
         first = 1 if last_k is None else self.spec.n_layers - last_k
         if i < first:
             return v
-        alpha = gate_activation(h @ self.p[f"strategy.gates.{i - first}.weight"].T, self.opt.get("act", "relu"))
+        logits = h @ self.p[f"strategy.gates.{i - first}.weight"].T
+        if self.opt.get("bias_init") is not None:
+            logits = logits + self.p[f"strategy.gates.{i - first}.bias"]
+        alpha = gate_activation(logits, self.opt.get("act", "relu"))
         return v + alpha[..., None] * v1
 
 

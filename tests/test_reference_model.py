@@ -24,6 +24,8 @@ CASES = [
     ("satformer", {"act": "relu", "last_k": 2}, {}),
     ("satformer", {"act": "softmax_sigmoid", "last_k": 3}, {"qk_norm": True}),
     ("satformer", {"act": "sigmoid"}, {"fuse_gate_projection": True}),
+    ("satformer", {"act": "relu", "bias_init": 0.5}, {}),
+    ("satformer", {"act": "tanh", "bias_init": 0.5, "last_k": 2}, {"fuse_gate_projection": True}),
     ("dense", {}, {}),
     ("dense", {"dilation": 2}, {}),
     ("dense", {"dilation": 2, "period": 2}, {"n_layers": 6}),
