@@ -372,3 +372,18 @@ def test_hook_layer_out_of_range():
             s.block_output(2, x, s.init_state(x))
     with pytest.raises(ValueError, match="layer must be in"):
         DynamicDenseAggregation(8, 2).weights(5, x)
+
+
+@pytest.mark.parametrize("rate", [1, 3, 4])
+def test_hyper_connections_init_is_the_papers(rate):
+    """Layer k starts as a Pre-Norm residual: A_m = e_(k mod n), A_r = I, B = 1, dynamic parts 0,
+    scales 0.01. (All streams are equal at init, so the function alone cannot tell e_0 from
+    e_(k mod n); the parameters that then train can.)"""
+    s = HyperConnections(d_model=8, n_layers=6, rate=rate)
+    for k in range(6):
+        alpha = s.static_alpha[k].view(rate, rate + 1)
+        expected_m = torch.zeros(rate)
+        expected_m[k % rate] = 1.0
+        assert torch.equal(alpha[:, 0], expected_m) and torch.equal(alpha[:, 1:], torch.eye(rate))
+        assert torch.equal(s.static_beta[k], torch.ones(rate))
+        assert torch.equal(s.proj[k], torch.zeros(rate + 2, 8)) and torch.equal(s.scales[k], torch.full((2,), 0.01))
