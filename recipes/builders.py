@@ -1,10 +1,19 @@
 """Builders returning configs: model sizes from the SATFormer paper × reuse strategies.
 
-``python -m recipes.tools.params`` prints the parameter count of every size and strategy.
+``small`` … ``xl`` are the SATFormer authors' public configs (``configs/<model>/<size>.json``):
+vocab 32000 (Llama-2 tokenizer), 4096 positions, tied embeddings, RoPE θ 10 000, norm ε 1e-6,
+qk-norm with ε 1e-5, every weight N(0, 0.02) with no depth rescale of output projections; and
+for the dense baselines the authors' forms (:data:`PAPER_OPTIONS`, :func:`paper_fields`).
+``xl`` uses their Transformer/ResFormer file (32 heads, d_ff 5632): their SATFormer xl file
+says 24 heads and d_ff 5504, and 2048 is not divisible by 24. ``tiny`` is our CPU size.
+
+``python -m recipes.tools.params`` prints the parameter count of every size and strategy
+(``--json`` as JSON).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -12,23 +21,58 @@ import torch
 from recipes.config import ModelConfig
 from value_routing.strategies import STRATEGIES
 
-#: Architecture of each size (vocab 32000 unless stated; ``tiny`` is byte-level for CPU demos).
+#: What every paper size shares (the authors' configs, all models).
+PAPER_COMMON: dict[str, Any] = dict(
+    vocab_size=32000, max_seq_len=4096, rope_theta=10000.0, norm_eps=1e-6, qk_norm=True, qk_norm_eps=1e-5,
+    tie_embeddings=True, init_std=0.02, out_proj_std=0.02,
+)
+
+#: Architecture of each size. ``tiny`` is byte-level for CPU demos, with our own choices (GQA,
+#: d_ff = 4 d_model, no qk-norm, GPT-2's 1/√(2L) output-projection init).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=512),
-    "small": dict(d_model=768, n_layers=11, n_heads=12),
-    "medium": dict(d_model=1024, n_layers=18, n_heads=16),
-    "large": dict(d_model=1536, n_layers=19, n_heads=24),
-    "xl": dict(d_model=2048, n_layers=24, n_heads=16),
+    "small": dict(PAPER_COMMON, d_model=768, n_layers=11, n_heads=12, d_ff=3072),
+    "medium": dict(PAPER_COMMON, d_model=1024, n_layers=18, n_heads=16, d_ff=4096),
+    "large": dict(PAPER_COMMON, d_model=1536, n_layers=19, n_heads=24, d_ff=6144),
+    "xl": dict(PAPER_COMMON, d_model=2048, n_layers=24, n_heads=32, d_ff=5632),
+}
+
+#: The sizes of the paper (all but ``tiny``).
+PAPER_SIZES: tuple[str, ...] = ("small", "medium", "large", "xl")
+
+#: Strategy options the authors' code pins at the paper sizes (the forms of their baselines).
+PAPER_OPTIONS: dict[str, dict[str, Any]] = {
+    "static": {"mode": "softmax"},
+    "mudd": {"form": "authors"},
+    "hyper": {"form": "authors"},
 }
 
 
+def paper_fields(strategy: str, options: dict[str, Any], init_std: float = 0.02) -> dict[str, Any]:
+    """ModelConfig fields the authors' form of ``strategy`` needs: MUDDFormer's FFN reallocation
+    over depth; Hyper-Connections' output projections scaled by 1/√rate at init."""
+    if strategy == "mudd" and options.get("form") == "authors":
+        return {"ffn_realloc": True}
+    if strategy == "hyper" and options.get("form") == "authors":
+        return {"out_proj_std": init_std / math.sqrt(options.get("rate", 4))}
+    return {}
+
+
 def model_config(size: str = "small", strategy: str = "baseline", **overrides: Any) -> ModelConfig:
-    """Config of ``size`` running ``strategy``; ``overrides`` replace any ModelConfig field."""
+    """Config of ``size`` running ``strategy``; ``overrides`` replace any ModelConfig field.
+
+    At the paper sizes, ``strategy_options`` start from :data:`PAPER_OPTIONS` (options given
+    win). An authors' form (at any size) sets the fields of :func:`paper_fields` unless overridden.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
-    return ModelConfig(**{**SIZES[size], "strategy": strategy, **overrides})
+    fields, options = dict(SIZES[size]), dict(overrides.pop("strategy_options", None) or {})
+    if size in PAPER_SIZES:
+        options = {**PAPER_OPTIONS.get(strategy, {}), **options}
+    fields.update(paper_fields(strategy, options, overrides.get("init_std", fields.get("init_std", 0.02))))
+    return ModelConfig(**{**fields, "strategy": strategy, "strategy_options": options, **overrides})
 
 
 def transformer(size: str = "small", **overrides: Any) -> ModelConfig:
@@ -36,9 +80,14 @@ def transformer(size: str = "small", **overrides: Any) -> ModelConfig:
     return model_config(size, "baseline", **overrides)
 
 
-def resformer(size: str = "small", mode: str = "learnable", **overrides: Any) -> ModelConfig:
-    """ResFormer: static value residual (``mode`` fixed / learnable / softmax)."""
-    return model_config(size, "static", strategy_options={"mode": mode}, **overrides)
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def resformer(size: str = "small", mode: str | None = None, **overrides: Any) -> ModelConfig:
+    """ResFormer: static value residual (``mode`` fixed / learnable / softmax; default softmax at
+    the paper sizes, the authors' only form, and learnable at ``tiny``)."""
+    return model_config(size, "static", strategy_options=_given(mode=mode), **overrides)
 
 
 def satformer(size: str = "small", act: str = "relu", last_k: int | None = None, **overrides: Any) -> ModelConfig:
@@ -63,14 +112,18 @@ def denseformer(
     )
 
 
-def muddformer(size: str = "small", impl: str = "buffer", **overrides: Any) -> ModelConfig:
-    """MUDDFormer: per-token dense connections for the query, key, value and residual streams."""
-    return model_config(size, "mudd", strategy_options={"impl": impl}, **overrides)
+def muddformer(size: str = "small", impl: str = "buffer", form: str | None = None, **overrides: Any) -> ModelConfig:
+    """MUDDFormer: per-token dense connections for the query, key, value and residual streams
+    (``form`` default: ``"authors"`` at the paper sizes, ``"ours"`` at ``tiny``)."""
+    return model_config(size, "mudd", strategy_options=_given(impl=impl, form=form), **overrides)
 
 
-def hyperconnections(size: str = "small", rate: int = 4, dynamic: bool = True, **overrides: Any) -> ModelConfig:
-    """Hyper-Connections: ``rate`` residual streams with static or dynamic (default) mixing."""
-    return model_config(size, "hyper", strategy_options={"rate": rate, "dynamic": dynamic}, **overrides)
+def hyperconnections(
+    size: str = "small", rate: int = 4, dynamic: bool = True, form: str | None = None, **overrides: Any
+) -> ModelConfig:
+    """Hyper-Connections: ``rate`` residual streams with static or dynamic (default) mixing
+    (``form`` default: ``"authors"`` at the paper sizes, ``"ours"`` at ``tiny``)."""
+    return model_config(size, "hyper", strategy_options=_given(rate=rate, dynamic=dynamic, form=form), **overrides)
 
 
 #: One builder per strategy name (the recipes' table rows).
@@ -87,3 +140,7 @@ def count_params(cfg: ModelConfig) -> int:
     with torch.device("meta"):
         return CausalLM(cfg).num_params()
 
+
+def param_counts() -> dict[str, dict[str, int]]:
+    """Parameter count of every size × strategy, as the builders make them."""
+    return {size: {name: count_params(build(size)) for name, build in BUILDERS.items()} for size in SIZES}

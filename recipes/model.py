@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -68,25 +67,27 @@ class CausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.strategy = build_strategy(cfg.strategy, cfg.dims, **cfg.strategy_options)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.ffn_dim, cfg.qk_norm, cfg.norm_eps)
-            for _ in range(cfg.n_layers)
+            TransformerBlock(
+                cfg.d_model, cfg.n_heads, cfg.kv_heads, d_ff, cfg.qk_norm, cfg.norm_eps, cfg.qk_eps,
+                separate_qkv_norms=self.strategy.separate_qkv_norms,
+            )
+            for d_ff in cfg.ffn_dims
         )
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.strategy = build_strategy(cfg.strategy, cfg.dims, **cfg.strategy_options)
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
-        std = self.cfg.init_std
+        """N(0, init_std); the output projections N(0, ``cfg.out_std``) (GPT-2's
+        ``init_std / √(2L)`` unless ``out_proj_std`` is set)."""
+        std, out_std = self.cfg.init_std, self.cfg.out_std
         for block in self.blocks:
-            for lin, s in ((block.attn.wqkv, std), (block.ffn.w13, std),
-                           (block.attn.wo, std / math.sqrt(2 * self.cfg.n_layers)),
-                           (block.ffn.w2, std / math.sqrt(2 * self.cfg.n_layers))):
+            for lin, s in ((block.attn.wqkv, std), (block.ffn.w13, std), (block.attn.wo, out_std), (block.ffn.w2, out_std)):
                 nn.init.normal_(lin.weight, std=s)
         nn.init.normal_(self.embed.weight, std=std)
         if self.lm_head is not None:
@@ -175,10 +176,11 @@ class CausalLM(nn.Module):
                 inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
                 cache=None if cache is None else cache.layers[i],
                 extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,
+                residual=_LayerResidual(self.strategy, i), state=state,
             )
             if i == 0:  # layer 0's v is a slice of its QKV output; every later mix saves V1: copy it
                 v1 = out.v_raw.contiguous() if self.strategy.uses_v1 else out.v_raw
-            x, state = self.strategy.block_output(i, out.y, state)
+            x, state = self.strategy.block_output(i, out.y, out.state)
         x = self.norm(self.strategy.finalize(x, state))
         new_cache = None if cache is None else KVCache(cache.layers, offset + seq, cache.keep, keep is not None)
         return x, new_cache
@@ -218,3 +220,15 @@ class _LayerMix:
 
     def __call__(self, v: Tensor, v1: Tensor | None, h: Tensor, **logits: Tensor) -> Tensor:
         return self.strategy.mix_value(self.layer, v, v1, h, **logits)
+
+
+class _LayerResidual:
+    """The strategy's residual hook bound to one layer."""
+
+    __slots__ = ("strategy", "layer")
+
+    def __init__(self, strategy, layer: int) -> None:
+        self.strategy, self.layer = strategy, layer
+
+    def __call__(self, sublayer: int, x: Tensor, out: Tensor, state):
+        return self.strategy.residual(self.layer, sublayer, x, out, state)

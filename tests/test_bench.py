@@ -59,6 +59,9 @@ def test_measure_eager_all_variants(small_size, tmp_path):
         assert r.mode == "eager" and r.ms_per_step > 0 and math.isfinite(r.rel_time)
         # at least parameters + AdamW state (3x params) are resident
         assert r.peak_bytes > 0 and r.rel_memory > 0
+    # memory is deterministic: what a variant adds to the baseline's state and activations shows
+    mem = {r.label: r.peak_bytes for r in results}
+    assert mem["hyper"] > mem["baseline"] and mem["satformer"] > mem["baseline"]  # n streams; V1 and W_α
     table = format_table(results)
     assert table.count("\n") >= len(results) + 1
     assert all(f"| {v.label} | eager |" in table for v in variants)

@@ -79,6 +79,64 @@ def test_resumed_optimizer_continues_bit_identically(tmp_path):
     assert opt2.param_groups[0]["betas"] == (0.9, 0.95)
 
 
+def _random_batch(data: torch.Tensor) -> torch.Tensor:
+    """A batch that needs all three global RNGs: python picks the length, torch the windows,
+    numpy which tokens are corrupted (noise augmentation)."""
+    seq = random.randint(5, 12)
+    starts = torch.randint(0, len(data) - seq, (2,))
+    x = torch.stack([data[s : s + seq] for s in starts.tolist()])
+    noise = torch.from_numpy(np.random.rand(*x.shape) < 0.2)
+    return torch.where(noise, torch.from_numpy(np.random.randint(0, 256, x.shape)), x)
+
+
+def _run_random_steps(model, opt, data, steps, ckpt_dir=None, every=3, first=1) -> list[float]:
+    losses = []
+    for step in range(first, first + steps):
+        x = _random_batch(data)
+        loss = torch.nn.functional.cross_entropy(model(x).logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if ckpt_dir is not None and step % every == 0:
+            ckpt.save_checkpoint(ckpt_dir, step, model, opt, {})
+    return losses
+
+
+def _reseed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@pytest.mark.parametrize("lost", [None, "torch", "numpy", "python"])
+def test_resume_with_live_randomness_is_bit_identical_only_with_rng_restored(tmp_path, lost):
+    """Batches drawn from the global RNGs after init; the run dies at step 8 (last checkpoint: 6).
+
+    A fresh process has other RNG states (reseeded here). Restoring the checkpoint must
+    continue bit-identically; with any one generator not restored the losses must differ.
+    """
+    data = torch.arange(4000) * 7 % 256
+    _reseed_all(0)
+    model, opt = _model_and_opt()
+    full = _run_random_steps(model, opt, data, 12)
+
+    _reseed_all(0)
+    model, opt = _model_and_opt()
+    _run_random_steps(model, opt, data, 8, ckpt_dir=tmp_path)  # killed after step 8
+    _reseed_all(123)  # a fresh process: new init, new RNG states
+    model, opt = _model_and_opt()
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path), model, opt)
+    assert state["step"] == 6
+    if lost is not None:  # the negative control: this generator's state is not restored
+        {"torch": torch.manual_seed, "numpy": np.random.seed, "python": random.seed}[lost](7)
+    resumed = _run_random_steps(model, opt, data, 6, first=7)
+    if lost is None:
+        assert resumed == full[6:]  # bit-identical, not just close
+    else:
+        assert resumed != full[6:]
+
+
 def test_save_is_atomic_and_keeps_the_last_k(tmp_path):
     model, opt = _model_and_opt()
     (tmp_path / ".tmp-step_00000009").mkdir(parents=True)  # a save killed half-way

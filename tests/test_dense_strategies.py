@@ -266,13 +266,17 @@ CASES = [
     ("mudd", {}),
     ("hyper", {"rate": 3}),
     ("hyper", {"rate": 2, "dynamic": False}),
+    ("mudd", {"form": "authors"}),
+    ("hyper", {"form": "authors", "rate": 3}),
+    ("hyper", {"form": "authors", "rate": 2, "dynamic": False}),
 ]
 
 
 @pytest.mark.parametrize(
     "strategy, options",
     [("dense", {}), ("dense", {"dilation": 2, "period": 3}), ("mudd", {}),
-     ("hyper", {"norm_eps": 0.0}), ("hyper", {"dynamic": False, "rate": 2})],
+     ("hyper", {"norm_eps": 0.0}), ("hyper", {"dynamic": False, "rate": 2}),
+     ("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})],
 )
 def test_identity_init_equals_baseline(strategy, options):
     """At init DenseFormer and MUDDFormer *are* the baseline; Hyper-Connections sum n equal
@@ -313,7 +317,9 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("strategy, options", [("dense", {"dilation": 2}), ("mudd", {}), ("hyper", {"rate": 2})])
+@pytest.mark.parametrize("strategy, options", [
+    ("dense", {"dilation": 2}), ("mudd", {}), ("hyper", {"rate": 2}),
+    ("mudd", {"form": "authors"}), ("hyper", {"rate": 2, "form": "authors"})])
 def test_compile_fullgraph_matches_eager(strategy, options, fresh_dynamo):
     """One compile per strategy, forward and backward, float64. The aot_eager backend runs the
     whole capture (dynamo, fullgraph: no graph break) and AOTAutograd (functionalised buffer
@@ -336,7 +342,8 @@ def test_builders_and_registry():
     assert {"dense", "mudd", "hyper"} <= set(BUILDERS)
     assert denseformer("tiny", dilation=2, period=2).strategy_options["dilation"] == 2
     assert muddformer("medium", impl="stack").strategy == "mudd"
-    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {"rate": 2, "dynamic": False}
+    assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {
+        "form": "authors", "rate": 2, "dynamic": False}
 
 
 @pytest.mark.parametrize(
@@ -365,3 +372,18 @@ def test_hook_layer_out_of_range():
             s.block_output(2, x, s.init_state(x))
     with pytest.raises(ValueError, match="layer must be in"):
         DynamicDenseAggregation(8, 2).weights(5, x)
+
+
+@pytest.mark.parametrize("rate", [1, 3, 4])
+def test_hyper_connections_init_is_the_papers(rate):
+    """Layer k starts as a Pre-Norm residual: A_m = e_(k mod n), A_r = I, B = 1, dynamic parts 0,
+    scales 0.01. (All streams are equal at init, so the function alone cannot tell e_0 from
+    e_(k mod n); the parameters that then train can.)"""
+    s = HyperConnections(d_model=8, n_layers=6, rate=rate)
+    for k in range(6):
+        alpha = s.static_alpha[k].view(rate, rate + 1)
+        expected_m = torch.zeros(rate)
+        expected_m[k % rate] = 1.0
+        assert torch.equal(alpha[:, 0], expected_m) and torch.equal(alpha[:, 1:], torch.eye(rate))
+        assert torch.equal(s.static_beta[k], torch.ones(rate))
+        assert torch.equal(s.proj[k], torch.zeros(rate + 2, 8)) and torch.equal(s.scales[k], torch.full((2,), 0.01))

@@ -155,3 +155,62 @@ def test_rst_docstrings_become_markdown() -> None:
         "Mix $V_1$ into `Strategy` values:\n\n$$\nV' = V + V_1\n$$\n\n"
         "Use it:\n\n    gate(x)\n\n``hook(x)``\n:   What it does.\n\n``other()``\n:   More."
     )
+
+
+def test_results_page_renders_the_committed_study(site: Path, tmp_path: Path) -> None:
+    """docs/results.md shows the committed study's table and plots, or says how to produce them."""
+    html = (site / "results" / "index.html").read_text()
+    for rel in ("results/study", "results/demo"):
+        table = ROOT / "docs" / rel / "results.md"
+        if table.exists():
+            assert table.read_text().splitlines()[0].lstrip("# ") in html
+        else:
+            assert f"docs/{rel}</code> yet" in html
+    spec = importlib.util.spec_from_file_location("results_hook", ROOT / "docs" / "hooks" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "results" / "x").mkdir(parents=True)
+    (tmp_path / "results" / "x" / "results.md").write_text("| a | b |\n")
+    (tmp_path / "results" / "x" / "delta_lm.png").write_bytes(b"png")
+    page = type("Page", (), {"file": type("File", (), {"src_uri": "guides/page.md"})()})()
+    out = mod.on_page_markdown("A\n<!-- study-results: results/x -->\nB", page, {"docs_dir": str(tmp_path)}, None)
+    assert out == "A\n| a | b |\n\n![delta_lm](../results/x/delta_lm.png)\n\nB"
+    missing = mod.on_page_markdown("<!-- study-results: results/y -->", page, {"docs_dir": str(tmp_path)}, None)
+    assert "Not run yet" in missing and "--preset published" in missing
+
+
+def _bench_results_hook():
+    spec = importlib.util.spec_from_file_location("bench_results_hook", ROOT / "docs" / "hooks" / "bench_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_markers_render_from_the_json_and_fail_when_it_lacks_a_row(tmp_path: Path) -> None:
+    import json
+
+    hook = _bench_results_hook()
+    (tmp_path / "results" / "bench").mkdir(parents=True)
+    rows = [{"label": "a", "mode": "eager", "rel_memory": 1.0}, {"label": "b", "mode": "eager", "rel_memory": 1.23456}]
+    (tmp_path / "results" / "bench" / "r.json").write_text(json.dumps({"machine": "m", "config": {"batch": 8}, "seconds": 12.4,
+                                                             "main": rows}))
+    hook.on_config({"docs_dir": str(tmp_path)})
+    page = "x <!-- results: r.json value main label=b,mode=eager rel_memory --> y <!-- results: r.json config.batch -->"
+    assert hook.on_page_markdown(page) == "x 1.235 y 8"
+    assert hook.render("r.json range main mode=eager rel_memory .2f") == "1.00–1.23"
+    assert hook.render("r.json seconds") == "12"
+    for bad, match in (("r.json value main label=c rel_memory", "no row"), ("r.json value main mode=eager rel_memory", "2 rows"),
+                       ("missing.json machine", "does not exist"), ("r.json value main label=a nope", "no field")):
+        with pytest.raises(ValueError, match=match):
+            hook.render(bad)
+
+
+def test_benchmark_page_shows_the_committed_results(site: Path) -> None:
+    import json
+
+    data = json.loads((ROOT / "docs" / "results" / "bench" / "bench_cpu.json").read_text())
+    sat = next(r for r in data["main"] if r["label"] == "satformer" and r["mode"] == "eager")
+    html = (site / "benchmarks" / "index.html").read_text()
+    assert "<!-- results:" not in html and f"{sat['rel_memory']:.3f}" in html
+    assert f"| satformer | eager | {sat['ms_per_step']:.1f} |" not in html  # the table was rendered to HTML
+    assert re.search(rf"<td>satformer</td>\s*<td>eager</td>\s*<td[^>]*>{sat['ms_per_step']:.1f}</td>", html)

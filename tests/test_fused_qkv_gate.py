@@ -36,7 +36,8 @@ def tokens(batch, seq, seed=0):
 
 
 @pytest.mark.parametrize(
-    "options", [{"act": "relu"}, {"act": "softmax_sigmoid"}, {"act": "tanh", "last_k": 1}]
+    "options", [{"act": "relu"}, {"act": "softmax_sigmoid"}, {"act": "tanh", "last_k": 1},
+                {"act": "relu", "bias_init": 0.5}]
 )
 @given(kv_heads=st.sampled_from([1, 2, 4]), seq=st.integers(1, 8))
 def test_fused_equals_unfused_forward_and_gradients(options, kv_heads, seq):

@@ -93,9 +93,10 @@ def test_model_targets_equal_plain_cross_entropy_every_gradient(tie):
         model(x, targets=y[:, 1:])
 
 
-@pytest.mark.parametrize("strategy", ALL_REGISTERED)
-def test_activation_checkpointing_changes_no_gradient(strategy):
-    plain = model_for(tiny(strategy)).train()
+@pytest.mark.parametrize("strategy, options", [(s, {}) for s in ALL_REGISTERED]
+                         + [("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})])
+def test_activation_checkpointing_changes_no_gradient(strategy, options):
+    plain = model_for(tiny(strategy, options)).train()
     ckpt = model_for(dataclasses.replace(plain.cfg, activation_checkpointing=True)).train()
     ckpt.load_state_dict(plain.state_dict())
     x, y = tokens(2, 10), tokens(2, 10, seed=1)

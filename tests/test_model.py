@@ -210,3 +210,18 @@ def test_backward_keeps_no_qkv_output_alive(strategy):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x).logits.sum()
     assert not storages
+
+
+def test_init_is_gpt2_style():
+    """N(0, init_std) everywhere, the residual-branch outputs (attention wo, FFN w2) scaled by
+    1/sqrt(2L), norm scales 1 (the stds are estimated from 4096+ draws: within 10 %)."""
+    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=8, n_heads=4, init_std=0.05)
+    torch.manual_seed(0)
+    model = CausalLM(cfg)
+    scaled = 0.05 / (2 * cfg.n_layers) ** 0.5
+    for block in model.blocks:
+        for weight, std in ((block.attn.wqkv.weight, 0.05), (block.ffn.w13.weight, 0.05),
+                            (block.attn.wo.weight, scaled), (block.ffn.w2.weight, scaled)):
+            assert abs(weight.std().item() / std - 1) < 0.1 and abs(weight.mean().item()) < 0.1 * std
+        assert torch.equal(block.attn_norm.weight, torch.ones(64)) and torch.equal(block.ffn_norm.weight, torch.ones(64))
+    assert abs(model.embed.weight.std().item() / 0.05 - 1) < 0.1

@@ -108,11 +108,19 @@ class _Oracle(torch.nn.Module):
         return type("Out", (), {"logits": torch.nn.functional.one_hot(answer, vocab).float()})()
 
 
-def test_evaluate_with_oracle_and_train_smoke():
+def test_evaluate_with_oracle():
     cfg = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
     assert evaluate_mqar(_Oracle(cfg), cfg, batches=2, batch_size=8) == 1.0
-    train = TrainConfig(steps=2, batch_size=4, seq_len=16, warmup=1, eval_batches=1)
-    result = train_mqar("satformer", cfg, train, size="tiny")
-    assert result.strategy == "satformer" and 0.0 <= result.accuracy <= 1.0
+
+
+def test_training_learns_an_easy_setting():
+    """One pair per sequence: copying the one context value is perfect recall. 80 steps of a
+    2-layer model (~1 s) reach 0.98 here; chance is 1/8, so >= 0.8 is a wide margin that an
+    untrained or mis-trained model cannot reach."""
+    cfg = MQARConfig(vocab_size=16, seq_len=8, num_kv_pairs=1)
+    train = TrainConfig(steps=80, batch_size=32, seq_len=8, lr=1e-2, warmup=5, eval_batches=4)
+    result = train_mqar("satformer", cfg, train, size="tiny", d_model=32, n_layers=2, n_heads=2)
+    assert result.strategy == "satformer"
+    assert cfg.chance == 1 / 8 and result.accuracy >= 0.8
     with pytest.raises(ValueError, match="strategy"):
         train_mqar("nope", cfg, train)

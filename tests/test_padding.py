@@ -13,6 +13,8 @@ from test_model import ALL_REGISTERED, model_for, tiny, tokens
 from value_routing.attention import AttentionMask, sdpa_attention, xformers_available, xformers_bias
 
 LENS = (5, 2, 7)
+#: Every strategy, plus the authors' forms of MUDDFormer and Hyper-Connections (the paper presets').
+FORMS = [(s, {}) for s in ALL_REGISTERED] + [("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})]
 
 
 def padded(prompts, side, width=None, pad=3):
@@ -28,9 +30,9 @@ def padded(prompts, side, width=None, pad=3):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("strategy", ALL_REGISTERED)
-def test_padded_batch_equals_each_prompt_alone(strategy, side):
-    model = model_for(tiny(strategy))
+@pytest.mark.parametrize("strategy, options", FORMS)
+def test_padded_batch_equals_each_prompt_alone(strategy, options, side):
+    model = model_for(tiny(strategy, options))
     prompts = [tokens(1, n, seed=n)[0] for n in LENS]
     batch, mask, cols = padded(prompts, side)
     logits = model(batch, attention_mask=mask).logits

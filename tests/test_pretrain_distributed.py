@@ -105,15 +105,15 @@ def test_config_validation_names_the_field(field, value, match):
 
 
 def test_size_defaults_fill_unset_options():
-    args = pretrain.parse_args(["--config", "small"])
-    cfg = pretrain.resolve(args, world=8)
-    d = pretrain.DEFAULTS["small"]
-    assert (cfg.lr, cfg.seq_len, cfg.weight_decay, cfg.min_lr_ratio) == (6e-4, 2048, 0.1, 0.1)
-    assert cfg.micro_batch * cfg.grad_accum * 8 * cfg.seq_len == d.global_batch_tokens
+    args = pretrain.parse_args(["--config", "tiny"])
+    cfg = pretrain.resolve(args, world=2)
+    d = pretrain.DEFAULTS["tiny"]
+    assert (cfg.lr, cfg.seq_len, cfg.weight_decay, cfg.min_lr_ratio, cfg.decay) == (3e-3, 128, 0.1, 0.1, "matrices")
+    assert cfg.micro_batch * cfg.grad_accum * 2 * cfg.seq_len == d.global_batch_tokens
     assert cfg.steps == d.train_tokens // d.global_batch_tokens
     assert cfg.warmup == round(d.warmup_frac * cfg.steps)
-    assert [pretrain.DEFAULTS[s].lr for s in ("small", "medium", "large", "xl")] == sorted(
-        [pretrain.DEFAULTS[s].lr for s in ("small", "medium", "large", "xl")], reverse=True)
+    given = pretrain.resolve(pretrain.parse_args(["--config", "small", "--lr", "1e-4", "--decay", "matrices"]), world=1)
+    assert (given.lr, given.decay) == (1e-4, "matrices")
 
 
 if __name__ == "__main__":  # torchrun worker: OUT_DIR then pretrain arguments

@@ -29,6 +29,31 @@ def test_selective_gate_matches_equation(act, batch, seq, kv_heads, head_dim, la
     torch.testing.assert_close(gate.gate(layer, h), alpha)
 
 
+@given(act=st.sampled_from(GATE_ACTIVATIONS), bias=st.floats(-1, 1), layer=st.integers(1, 3))
+def test_selective_gate_bias_matches_equation(act, bias, layer):
+    """With ``bias_init`` the gate is act(W_α h + b), b a learned per-kv-head bias starting at bias_init."""
+    gate = SelectiveGate(d_model=8, n_layers=4, n_kv_heads=2, act=act, bias_init=bias).double()
+    b = gate.gates[layer - 1].bias
+    assert b is not None and torch.equal(b, torch.full((2,), bias).double())  # initialised in float32
+    with torch.no_grad():
+        b.add_(torch.tensor([0.25, -0.5], dtype=torch.float64))  # trained biases differ per head
+    v, v1, h = tensors(2, 3, 2, 4, 8)
+    logits = torch.einsum("btd,hd->bth", h, gate.gate_weight(layer)) + b
+    alpha = gate_values(logits, act)
+    tol = dict(rtol=1e-6, atol=1e-6)  # softmax gates normalise in float32 by design
+    torch.testing.assert_close(gate.mix_value(layer, v, v1, h), v + alpha[..., None] * v1, **tol)
+    torch.testing.assert_close(gate.gate(layer, h), alpha, **tol)
+    # precomputed W_α h (a fused projection) gets the bias added
+    torch.testing.assert_close(gate.mix_value(layer, v, v1, h, logits=logits - b), v + alpha[..., None] * v1, **tol)
+
+
+def test_relu_gate_bias_starts_half_open():
+    gate = SelectiveGate(d_model=64, n_layers=2, n_kv_heads=2, bias_init=0.5)
+    alpha = gate.gate(1, torch.randn(4, 16, 64) / 8)  # normed-scale inputs, W_α std 0.02
+    assert (alpha - 0.5).abs().max() < 0.1
+    assert SelectiveGate(d_model=64, n_layers=2, n_kv_heads=2).gates[0].bias is None
+
+
 def test_selective_gate_layer0_is_identity_and_v1_gets_gradient():
     gate = SelectiveGate(d_model=8, n_layers=3, n_kv_heads=2, act="sigmoid").double()
     v, v1, h = tensors(2, 3, 2, 4, 8)
@@ -63,7 +88,7 @@ def test_relu_gate_can_switch_reuse_off_exactly():
 @pytest.mark.parametrize(
     "kwargs, match",
     [(dict(act="gelu"), "act must be one of"), (dict(last_k=4), "last_k"), (dict(last_k=0), "last_k"),
-     (dict(n_kv_heads=0), "n_kv_heads"), (dict(n_layers=0), "n_layers")],
+     (dict(n_kv_heads=0), "n_kv_heads"), (dict(n_layers=0), "n_layers"), (dict(bias_init="0.5"), "bias_init")],
 )
 def test_selective_gate_invalid_options(kwargs, match):
     base = dict(d_model=8, n_layers=4, n_kv_heads=2)

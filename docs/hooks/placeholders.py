@@ -1,7 +1,7 @@
 """MkDocs hook: stand-in pages for files that a generator writes into ``docs/``.
 
-``docs/benchmarks.md`` (with its plots under ``docs/assets/bench_*``) holds measured benchmark
-results committed from a run of ``recipes.bench``. Until it exists, a short page says how to
+``docs/benchmarks.md`` renders measured benchmark results from the JSON files a run of
+``recipes.bench`` / ``recipes.bench.depth`` wrote, committed under ``docs/results/bench/``. Until it exists, a short page says how to
 produce them, so the nav entry and the links to
 it stay valid under ``--strict``. Once the real file is there it is used as is.
 """

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from recipes.builders import BUILDERS
 from recipes.config import ModelConfig
 from recipes.model import CausalLM
-from recipes.train.optim import TrainConfig, make_optimizer, train_step
+from recipes.train.optim import TrainConfig, fit, make_optimizer
 from recipes.validate import check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
@@ -123,7 +123,8 @@ def mqar_loss(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "ba
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def _model_loss(model: CausalLM, inputs: Tensor, targets: Tensor) -> Tensor:
+def model_mqar_loss(model: CausalLM, inputs: Tensor, targets: Tensor) -> Tensor:
+    """:func:`mqar_loss` of ``model``'s logits (the ``loss_fn`` of :func:`recipes.train.optim.fit`)."""
     return mqar_loss(model(inputs).logits, targets)
 
 
@@ -183,12 +184,11 @@ def train_mqar(
     model = CausalLM(model_cfg)
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start, loss = time.perf_counter(), torch.tensor(float("nan"))
-    for step in range(cfg.steps):
-        loss = train_step(model, opt, step, cfg, mqar_batch(task, cfg.batch_size, gen), _model_loss)
+    start = time.perf_counter()
+    losses = fit(model, opt, cfg, lambda: mqar_batch(task, cfg.batch_size, gen), model_mqar_loss)
     seconds = time.perf_counter() - start
     accuracy = evaluate_mqar(model, task, batches=cfg.eval_batches)
-    return MQARResult(strategy, accuracy, loss.item(), seconds)
+    return MQARResult(strategy, accuracy, losses[-1], seconds)
 
 
 def format_mqar(results: list[MQARResult], task: MQARConfig = DEMO_TASK) -> str:

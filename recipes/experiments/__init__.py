@@ -1,2 +1,5 @@
 """Experiments that compare strategies end to end, training and evaluating each the same way: the
-CPU demo (:mod:`~recipes.experiments.demo`, what ``bash scripts/demo.sh`` runs)."""
+CPU demo (:mod:`~recipes.experiments.demo`, what ``bash scripts/demo.sh`` runs) and the multi-seed
+study (:mod:`~recipes.experiments.study`: variants × seeds × tasks, paired differences with
+confidence intervals; :mod:`~recipes.experiments.study_config`, :mod:`~recipes.experiments.study_run`,
+:mod:`~recipes.experiments.study_report`)."""

@@ -4,14 +4,23 @@
 same seed, data order and optimiser, then prints validation loss per strategy and, unless
 ``--no-mqar``, the accuracy of a small model of each strategy on multi-query associative recall
 (:mod:`recipes.eval.mqar`, ~20 s per strategy).
+
+One seed is one sample: next to it the table shows, when the committed study of the demo's exact
+settings (:data:`NOISE_FILE`, ``python -m recipes.experiments.study --preset demo``) matches the
+run, the paired difference to the baseline over its seeds with a 95% interval, and the single-seed
+spread. The demo times nothing (strategies trained one after another would each see different
+machine load); ``python -m recipes.bench`` measures step cost interleaved with the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -19,9 +28,9 @@ from tqdm import tqdm
 from recipes.builders import BUILDERS, SIZES
 from recipes.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
-from recipes.eval.mqar import DEMO_TASK, DEMO_TRAIN, format_mqar, train_mqar
+from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
 from recipes.model import CausalLM
-from recipes.train.optim import TrainConfig, lm_loss, make_optimizer, train_step
+from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 
@@ -31,7 +40,6 @@ class RunResult:
     params: int
     val_loss: float
     seconds: float
-    tokens_per_s: float
 
 
 @torch.no_grad()
@@ -51,27 +59,69 @@ def train_one(model_cfg: ModelConfig, cfg: TrainConfig, train: torch.Tensor, val
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"{model_cfg.strategy:>10}", leave=False, mininterval=1.0)
-    for step in bar:
-        loss = train_step(model, opt, step, cfg, random_batch(train, cfg.batch_size, cfg.seq_len, gen), step_fn)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    fit(model, opt, cfg, lambda: random_batch(train, cfg.batch_size, cfg.seq_len, gen), step_fn,
+        desc=f"{model_cfg.strategy:>10}")
     seconds = time.perf_counter() - start
-    tokens = cfg.steps * cfg.batch_size * cfg.seq_len
-    return RunResult(model_cfg.strategy, model.num_params(), evaluate(model, val, cfg), seconds, tokens / seconds)
+    return RunResult(model_cfg.strategy, model.num_params(), evaluate(model, val, cfg), seconds)
 
 
-def format_table(results: list[RunResult], mqar: dict[str, float] | None = None) -> str:
-    """The demo's table; ``mqar`` maps strategies to MQAR accuracy (a column when given)."""
+#: The demo preset of the multi-seed study (docs/results.md), committed: the noise at the demo's budget.
+NOISE_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "demo" / "summary.json"
+_BUDGET_KEYS = ("steps", "batch_size", "seq_len", "lr", "warmup")
+_SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "qk_norm", "vocab_size")
+
+
+def study_noise(task: str, cfg: TrainConfig, model_cfg: ModelConfig, path: Path = NOISE_FILE) -> dict[str, Any] | None:
+    """The study's per-strategy results for ``task`` if they were measured at exactly this budget."""
+    try:
+        entry = json.loads(path.read_text())[task]
+    except (OSError, KeyError, ValueError):
+        return None
+    budget = entry["budget"]
+    same = all(budget[k] == getattr(cfg, k) for k in _BUDGET_KEYS) and all(
+        budget[k] == getattr(model_cfg, k) for k in _SHAPE_KEYS)
+    return entry["variants"] if same else None
+
+
+def _ci(est: dict[str, Any] | None, signed: bool = True) -> str:
+    if est is None or est["half_width"] is None:
+        return "-"
+    return f"{est['mean']:+.3f}±{est['half_width']:.3f}" if signed else f"{est['mean']:.2f}±{est['half_width']:.2f}"
+
+
+def format_table(results: list[RunResult], mqar: dict[str, float] | None = None,
+                 noise: dict[str, Any] | None = None, mqar_noise: dict[str, Any] | None = None) -> str:
+    """The demo's table; ``mqar`` maps strategies to MQAR accuracy; ``noise`` / ``mqar_noise`` are
+    :func:`study_noise` results (multi-seed columns when given)."""
     base = next((r.val_loss for r in results if r.strategy == "baseline"), None)
-    lines = [f"{'strategy':<12}{'params':>10}{'val loss':>10}{'bits/byte':>11}{'Δ vs base':>11}{'tok/s':>9}"
-             + (f"{'MQAR acc':>10}" if mqar else "")]
+    seeds = lambda rows: len(next(iter(rows.values()))["seeds"])  # noqa: E731
+    lines = [f"{'strategy':<12}{'params':>10}{'val loss':>10}{'bits/byte':>11}{'Δ vs base':>11}"
+             + (f"{f'Δ {seeds(noise)} seeds':>16}" if noise else "") + (f"{'MQAR acc':>10}" if mqar else "")
+             + (f"{f'MQAR {seeds(mqar_noise)} seeds':>14}" if mqar and mqar_noise else "")]
     for r in results:
         delta = f"{r.val_loss - base:+.4f}" if base is not None else "-"
-        lines.append(
-            f"{r.strategy:<12}{r.params / 1e6:>9.2f}M{r.val_loss:>10.4f}{r.val_loss / math.log(2):>11.4f}"
-            f"{delta:>11}{r.tokens_per_s:>9.0f}" + (f"{mqar[r.strategy]:>10.3f}" if mqar else "")
-        )
+        line = f"{r.strategy:<12}{r.params / 1e6:>9.2f}M{r.val_loss:>10.4f}{r.val_loss / math.log(2):>11.4f}{delta:>11}"
+        if noise:
+            line += f"{_ci(noise.get(r.strategy, {}).get('delta')):>16}"
+        if mqar:
+            line += f"{mqar[r.strategy]:>10.3f}"
+            if mqar_noise:
+                line += f"{_ci(mqar_noise.get(r.strategy, {}).get('estimate'), signed=False):>14}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def noise_note(noise: dict[str, Any] | None) -> str:
+    """What the reader should make of a single seed's Δ, with the measured spread when known."""
+    study = "`python -m recipes.experiments.study --preset demo`; the multi-seed study: docs/results.md"
+    if not noise:
+        return (f"Δ vs base is one seed; the noise at these settings is not measured in this checkout "
+                f"({study}).\nStep cost: `python -m recipes.bench` (timed interleaved with the baseline).")
+    sds = [row["delta"]["sd"] for row in noise.values() if row["delta"] and row["delta"]["sd"] is not None]
+    spread = math.sqrt(sum(sd * sd for sd in sds) / len(sds)) if sds else float("nan")
+    return (f"Δ vs base is one seed: at this budget one seed's Δ has SD ≈ {spread:.3f} (paired, pooled over "
+            f"strategies); 'Δ N seeds' is the mean paired Δ ± 95% CI ({study}).\n"
+            "Step cost: `python -m recipes.bench` (timed interleaved with the baseline).")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,15 +148,17 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     results = []
     for name in tqdm(args.strategies, desc="strategies"):
         results.append(train_one(BUILDERS[name](args.size), cfg, train, val))
-    mqar = None
+    mqar = mqar_noise = None
     if not args.no_mqar:
         mqar_cfg = replace(DEMO_TRAIN, seed=args.seed)
         runs = [train_mqar(name, DEMO_TASK, mqar_cfg) for name in tqdm(args.strategies, desc="MQAR")]
         print(format_mqar(runs, DEMO_TASK))
         mqar = {r.strategy: r.accuracy for r in runs}
-    print(format_table(results, mqar))
+        mqar_noise = study_noise("mqar", mqar_cfg, mqar_model_config("baseline", DEMO_TASK, **DEMO_MODEL))
+    noise = study_noise("lm", cfg, BUILDERS["baseline"](args.size))
+    print(format_table(results, mqar, noise, mqar_noise))
+    print(noise_note(noise))
     return results
-
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,28 @@
-"""``python -m recipes.tools.params``: the parameter count of every size × strategy builder."""
+"""``python -m recipes.tools.params``: the parameter count of every size × strategy builder
+(``--json``: as JSON, the file the docs' table is rendered from)."""
 
 from __future__ import annotations
 
-from recipes.builders import BUILDERS, SIZES, count_params
+import json
+import sys
+
+from recipes.builders import BUILDERS, param_counts
 
 
-def format_params() -> str:
+def format_params(counts: dict[str, dict[str, int]] | None = None) -> str:
     """One row per size, one column per strategy builder (millions of parameters)."""
+    counts = param_counts() if counts is None else counts
     lines = [f"{'size':<8}" + "".join(f"{name:>14}" for name in BUILDERS)]
-    for size in SIZES:
-        counts = [count_params(build(size)) for build in BUILDERS.values()]
-        lines.append(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in counts))
+    for size, row in counts.items():
+        lines.append(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in row.values()))
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(format_params())
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["--json"]):
+        raise ValueError(f"arguments must be [] or ['--json'], got {argv}")
+    print(json.dumps(param_counts(), indent=1) if argv else format_params())
 
 
 if __name__ == "__main__":

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from recipes.validate import check_min
+from recipes.validate import check_choice, check_min
+
+#: Which parameters AdamW decays: matrices only (ours) or all (the SATFormer authors' code).
+DECAY_RULES: tuple[str, ...] = ("matrices", "all")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """The schedule and AdamW settings :func:`lr_at` and :func:`make_optimizer` read; the base of
-    :class:`TrainConfig` and :class:`recipes.train.pretrain_config.PretrainConfig`."""
+    :class:`TrainConfig` and :class:`recipes.train.pretrain_config.PretrainConfig`.
+
+    ``decay`` names the parameters weight decay applies to (:data:`DECAY_RULES`).
+    """
 
     steps: int = 250
     lr: float = 3e-3
@@ -28,9 +36,11 @@ class OptimConfig:
     warmup: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    decay: str = "matrices"
 
     def __post_init__(self) -> None:
         check_min(self, 1, "steps")
+        check_choice(self, "decay", DECAY_RULES)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < self.steps:
@@ -61,9 +71,11 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, gains or scalar λ)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW, β = (0.9, 0.95), ε = 1e-8, with weight decay on matrices only (not norms, gains or
+    scalar λ) or, with ``cfg.decay == "all"``, on every parameter."""
+    everything = cfg.decay == "all"
+    decay = [p for p in model.parameters() if everything or p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if not everything and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
@@ -92,3 +104,17 @@ def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) 
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     return loss
+
+
+def fit(model, opt, cfg: TrainConfig, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        loss_fn=lm_loss, desc: str | None = None) -> list[float]:
+    """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns every step's loss.
+
+    ``desc`` shows a progress bar with that label and the current loss.
+    """
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
+    for step in bar:
+        losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses

@@ -39,7 +39,7 @@ from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
-from recipes.train.optim import chunked_lm_loss, lm_loss, lr_at, make_optimizer
+from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         else:
             kind = int if f.name == "stop_after" else str if f.default is None else type(f.default)
             choices = {"size": SIZES, "strategy": STRATEGIES, "parallel": PARALLEL, "shard_format": SHARD_FORMATS,
-                       "device": ("auto", "cpu", "cuda")}.get(f.name)
+                       "decay": DECAY_RULES, "device": ("auto", "cpu", "cuda")}.get(f.name)
             p.add_argument(flag, dest=f.name, type=kind, default=default, choices=list(choices) if choices else None,
                            help=HELP.get(f.name))
     return p.parse_args(argv)

@@ -21,11 +21,13 @@ PARALLEL = ("none", "ddp", "fsdp")
 @dataclass(frozen=True)
 class SizeDefaults:
     """Optimisation defaults of one model size: AdamW β=(0.9, 0.95), ε=1e-8 (``make_optimizer``),
-    weight decay 0.1 on matrices, clip 1.0, linear warmup then cosine to ``min_lr_ratio · lr``.
+    weight decay ``weight_decay`` on ``decay`` parameters, clip 1.0, linear warmup then cosine
+    to ``min_lr_ratio · lr``.
 
-    These follow the public ResFormer (Value Residual Learning) 82M recipe — lr 6e-4 → 6e-5,
-    warmup 120 of 10 000 steps, seq 2048, 20B tokens — with peak lr lowered with size. The
-    global batch is 0.5M tokens (ResFormer used 2M); override any of them on the command line.
+    The batch is ``micro_batch × grad_accum`` sequences per rank when both are set (the
+    paper sizes: the authors' per-GPU values), else about ``global_batch_tokens`` over all
+    ranks. Warmup is ``warmup_tokens`` when set, else ``warmup_frac`` of the steps; the number of
+    steps is ``train_tokens`` over the tokens of one step (both rounded down, as the authors do).
     """
 
     lr: float
@@ -33,17 +35,31 @@ class SizeDefaults:
     warmup_frac: float = 0.012
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    seq_len: int = 2048
+    seq_len: int = 4096
     global_batch_tokens: int = 2**19
     train_tokens: int = 20_000_000_000
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    warmup_tokens: int | None = None
+    decay: str = "all"
 
 
+def _paper(lr: float, micro_batch: int, grad_accum: int, billions: int) -> SizeDefaults:
+    """The authors' config of one size: warmup 1 % of ``billions`` B training tokens."""
+    return SizeDefaults(lr=lr, micro_batch=micro_batch, grad_accum=grad_accum,
+                        warmup_tokens=billions * 10**7, train_tokens=billions * 10**9)
+
+
+#: ``tiny``: our CPU demo. ``small`` … ``xl``: the SATFormer authors' public configs
+#: (lr → lr/10, per-GPU batch × accumulation, warmup / total tokens 0.05B/5B … 0.3B/30B,
+#: sequence 4096, weight decay 0.1 on all parameters).
 DEFAULTS: dict[str, SizeDefaults] = {
-    "tiny": SizeDefaults(lr=3e-3, warmup_frac=0.1, seq_len=128, global_batch_tokens=2048, train_tokens=300 * 2048),
-    "small": SizeDefaults(lr=6e-4),
-    "medium": SizeDefaults(lr=3e-4),
-    "large": SizeDefaults(lr=2.5e-4),
-    "xl": SizeDefaults(lr=2e-4),
+    "tiny": SizeDefaults(lr=3e-3, warmup_frac=0.1, seq_len=128, global_batch_tokens=2048, train_tokens=300 * 2048,
+                         decay="matrices"),
+    "small": _paper(2e-3, 64, 1, 5),
+    "medium": _paper(1.5e-3, 32, 2, 10),
+    "large": _paper(1e-3, 16, 4, 20),
+    "xl": _paper(8e-4, 8, 8, 30),
 }
 
 
@@ -93,7 +109,8 @@ class PretrainConfig(OptimConfig):
 
 
 #: Options filled from :data:`DEFAULTS` of the size when not given on the command line.
-SIZED = ("steps", "micro_batch", "grad_accum", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip")
+SIZED = ("steps", "micro_batch", "grad_accum", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+         "decay")
 HELP = {
     "size": "model size; options left unset come from DEFAULTS[size]",
     "data": "'embedded' or a glob/directory of uint16 .bin shards", "val_data": "glob/directory of validation shards",
@@ -103,6 +120,7 @@ HELP = {
     "log_file": "JSON lines with the exact loss of every step",
     "chunked_ce": "LM head + cross-entropy in token chunks: never hold the (batch, seq, vocab) logits (default on)",
     "activation_checkpointing": "recompute each block in backward instead of keeping its activations (default on)",
+    "decay": "parameters weight decay applies to: 'matrices' (2-D and up) or 'all'",
 }
 
 
@@ -110,12 +128,18 @@ def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
     """A :class:`PretrainConfig` from parsed arguments, unset options taken from :data:`DEFAULTS`."""
     d, given = DEFAULTS[args.size], vars(args)
     seq_len = args.seq_len or d.seq_len
-    micro = args.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
-    accum = args.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
-    steps = args.steps or max(1, d.train_tokens // (seq_len * world * micro * accum))
-    warmup = args.warmup if args.warmup is not None else min(steps - 1, round(d.warmup_frac * steps))
+    micro = args.micro_batch or d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
+    accum = args.grad_accum or d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+    step_tokens = seq_len * world * micro * accum
+    steps = args.steps or max(1, d.train_tokens // step_tokens)
+    if args.warmup is not None:
+        warmup = args.warmup
+    elif d.warmup_tokens is not None:
+        warmup = min(steps - 1, d.warmup_tokens // step_tokens)
+    else:
+        warmup = min(steps - 1, round(d.warmup_frac * steps))
     sized = {k: getattr(d, k) if given[k] is None else given[k]
-             for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip")}
+             for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "decay")}
     return PretrainConfig(**{
         **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
         "warmup": warmup, "model_overrides": dict(_parse_override(s) for s in args.model_overrides),

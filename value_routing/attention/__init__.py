@@ -3,11 +3,13 @@
 from value_routing.attention.backends import (
     BACKENDS,
     AttentionBackend,
+    AutoAttention,
     get_backend,
     sdpa_attention,
     xformers_attention,
     xformers_available,
     xformers_bias,
+    xformers_unavailable_reason,
 )
 from value_routing.attention.mask import AttentionMask
 
@@ -15,9 +17,11 @@ __all__ = [
     "BACKENDS",
     "AttentionBackend",
     "AttentionMask",
+    "AutoAttention",
     "get_backend",
     "sdpa_attention",
     "xformers_attention",
     "xformers_available",
     "xformers_bias",
+    "xformers_unavailable_reason",
 ]

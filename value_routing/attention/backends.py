@@ -3,11 +3,16 @@
 Every backend maps ``q (batch, q_len, heads, head_dim)``, ``k, v (batch, kv_len, kv_heads,
 head_dim)`` and an :class:`AttentionMask` to ``(batch, q_len, heads, head_dim)``; grouped-query
 attention (``kv_heads`` dividing ``heads``) is handled inside.
+
+``auto`` degrades instead of failing mid-run: when xFormers cannot be imported, or raises on its
+first calls (an unsupported shape, dtype or GPU), it warns once, naming the reason, and uses SDPA
+for the rest of the process. An explicit ``xformers`` raises instead.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, Protocol
 
 import torch
@@ -57,15 +62,20 @@ def sdpa_attention(
 
 
 @functools.cache
-def xformers_available() -> bool:
-    """Whether xFormers' fused attention kernels can run (CUDA build importable with a GPU)."""
+def xformers_unavailable_reason() -> str | None:
+    """Why xFormers' fused kernels cannot run here (no GPU, import error), or ``None`` if they can."""
     if not torch.cuda.is_available():
-        return False
+        return "no CUDA device (torch.cuda.is_available() is False)"
     try:
         from xformers.ops import memory_efficient_attention  # noqa: F401
-    except Exception:  # a broken or CPU-only install is "not available", not an error
-        return False
-    return True
+    except Exception as exc:  # a broken or CPU-only install is "not available", not an error
+        return f"cannot import xformers.ops: {type(exc).__name__}: {exc}"
+    return None
+
+
+def xformers_available() -> bool:
+    """Whether xFormers' fused attention kernels can run (CUDA build importable with a GPU)."""
+    return xformers_unavailable_reason() is None
 
 
 def xformers_bias(mask: AttentionMask, q_len: int | None = None, kv_len: int | None = None,
@@ -120,15 +130,68 @@ def xformers_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+class AutoAttention:
+    """``auto`` on CUDA: xFormers until it first raises, then SDPA with one warning naming why.
+
+    The state is process-wide on purpose: a backend that failed once (e.g. a wheel built for
+    another CUDA) would fail again, and every model in the process should fall back together.
+    """
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    def fall_back(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            warnings.warn(
+                f"attention_backend='auto': xFormers failed ({reason}); using torch SDPA from now on. "
+                "Set attention_backend='sdpa' to silence this, or 'xformers' to make it an error.",
+                RuntimeWarning, stacklevel=3,
+            )
+
+    def __call__(
+        self,
+        q: Float[Tensor, "batch q_len heads head_dim"],
+        k: Float[Tensor, "batch kv_len kv_heads head_dim"],
+        v: Float[Tensor, "batch kv_len kv_heads head_dim"],
+        mask: AttentionMask,
+    ) -> Float[Tensor, "batch q_len heads head_dim"]:
+        if self.failure is None:
+            try:
+                return xformers_attention(q, k, v, mask)
+            except ValueError:  # our own input checks: a caller's bug, not the backend's
+                raise
+            except Exception as exc:  # NotImplementedError (shape/dtype), RuntimeError, ImportError
+                self.fall_back(f"{type(exc).__name__}: {exc}")
+        return sdpa_attention(q, k, v, mask)
+
+
+#: The process-wide ``auto`` backend for CUDA devices.
+AUTO_ATTENTION = AutoAttention()
+
+
+def _on_cuda(device: torch.device | str | None) -> bool:
+    return torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+
+
 def get_backend(name: str = "auto", device: torch.device | str | None = None) -> Callable[..., Tensor]:
-    """Resolve a backend name; ``auto`` picks xFormers on CUDA when available, else SDPA."""
+    """Resolve a backend name.
+
+    ``auto`` picks xFormers on CUDA (through :class:`AutoAttention`, which falls back to SDPA
+    with a warning if xFormers is unavailable or fails) and SDPA elsewhere; ``xformers`` raises
+    when xFormers cannot run.
+    """
     if name not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
-    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    if name == "auto":
-        name = "xformers" if on_cuda and xformers_available() else "sdpa"
-    if name == "xformers":
-        if not (on_cuda and xformers_available()):
+    if name == "sdpa" or not _on_cuda(device):
+        if name == "xformers":
             raise ValueError("attention backend 'xformers' needs CUDA and a working xformers install; use 'sdpa'")
+        return sdpa_attention
+    reason = xformers_unavailable_reason()
+    if name == "xformers":
+        if reason is not None:
+            raise ValueError(f"attention backend 'xformers' cannot run ({reason}); use 'sdpa' or 'auto'")
         return xformers_attention
-    return sdpa_attention
+    if reason is not None:
+        AUTO_ATTENTION.fall_back(reason)
+    return sdpa_attention if AUTO_ATTENTION.failure is not None else AUTO_ATTENTION

@@ -56,10 +56,11 @@ def gate_activation(
     if act == "identity":
         return logits
     heads = logits.shape[-1]
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least; keep float64
     if act == "softmax":
-        return torch.softmax(logits.float(), dim=-1).to(logits.dtype) * heads
+        return torch.softmax(wide, dim=-1).to(logits.dtype) * heads
     if act == "softmax_sigmoid":
-        sm = torch.softmax(logits.float(), dim=-1) * torch.sigmoid(logits.float())
+        sm = torch.softmax(wide, dim=-1) * torch.sigmoid(wide)
         return (sm * heads).to(logits.dtype)
     raise ValueError(f"act must be one of {GATE_ACTIVATIONS}, got {act!r}")
 

@@ -11,6 +11,10 @@ pure functions of their arguments (state is passed and returned, never stored on
 ``mix_value(layer, v, v1, h)``
     Rewrites block ``layer``'s value projection ``v`` (RoPE-free, before attention and before
     the KV cache). ``v1`` is layer 0's raw value projection, ``h`` the normed block input.
+``residual(layer, sublayer, x, out, state)``
+    Joins sublayer ``0`` (attention) or ``1`` (MLP) output ``out`` to its input ``x``; returns
+    the next stream and state. The default is the plain ``x + out``; strategies that route
+    around each sublayer (the Hyper-Connections authors' form) override it.
 ``block_output(layer, y, state)``
     Turns the block output into the next residual ``x`` and the next state.
 ``finalize(x, state)``
@@ -63,6 +67,8 @@ class Strategy(nn.Module):
 
     #: Whether ``mix_value`` needs layer 0's value projection (lets blocks skip passing it).
     uses_v1: bool = False
+    #: Whether blocks should give the query, key and value inputs separate learned norms.
+    separate_qkv_norms: bool = False
 
     def __init__(self, n_layers: int) -> None:
         super().__init__()
@@ -93,6 +99,12 @@ class Strategy(nn.Module):
     def extra_value_projection(self, layer: int) -> Float[Tensor, "extra dim"] | None:
         """Rows the block may append to its value-input GEMM; their output becomes ``logits``."""
         return None
+
+    def residual(
+        self, layer: int, sublayer: int, x: Float[Tensor, "batch seq dim"], out: Float[Tensor, "batch seq dim"],
+        state: Any,
+    ) -> tuple[Float[Tensor, "batch seq dim"], Any]:
+        return x + out, state
 
     def block_output(
         self, layer: int, y: Float[Tensor, "batch seq dim"], state: Any

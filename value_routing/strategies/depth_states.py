@@ -105,6 +105,31 @@ class _AggregateSlots(torch.autograd.Function):
         return None, grad_weights, *grad_states.unbind(0)
 
 
+class _AggregateScaledSlots(torch.autograd.Function):
+    """``depth_aggregate(states · scales, weights)`` with a per-slot channel scale; saves no product."""
+
+    @staticmethod
+    def forward(ctx, states: Tensor, weights: Tensor, scales: Tensor, *handles: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, scales)
+        ctx.states = states  # write-once slots, as in _AggregateSlots
+        return depth_aggregate(states * scales[:, None, None, :].to(states.dtype), weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        weights, scales = ctx.saved_tensors
+        states = ctx.states.to(grad.dtype)
+        back = depth_aggregate(grad, weights.transpose(-1, -2))  # Σ_s w[s, j] g[s]: (depth, batch, seq, dim)
+        grad_weights = grad_scales = None
+        if ctx.needs_input_grad[1]:
+            scaled = states * scales[:, None, None, :].to(grad.dtype)
+            grad_weights = torch.einsum("sbtd,jbtd->btsj", grad, scaled).sum_to_size(weights.shape).to(weights.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_scales = (back * states).sum((1, 2)).to(scales.dtype)
+        grad_states = back * scales[:, None, None, :].to(grad.dtype)
+        return None, grad_weights, grad_scales, *grad_states.unbind(0)
+
+
 def init_depth_states(x0: Float[Tensor, "batch seq dim"], slots: int, impl: str = "buffer") -> DepthStates:
     """States holding ``x0`` in slot 0, with room for ``slots`` states in all."""
     if impl == "stack" or torch.compiler.is_compiling():
@@ -126,14 +151,23 @@ def aggregate_depth_states(
     weights: Float[Tensor, "#batch #seq streams depth"],
     start: int = 0,
     step: int = 1,
+    scales: Float[Tensor, "depth dim"] | None = None,
 ) -> Float[Tensor, "streams batch seq dim"]:
-    """``Σ_j weights[..., s, j] · X_{start + j·step}`` over the filled slots ``start, start+step, …``."""
+    """``Σ_j weights[..., s, j] · X_{start + j·step}`` over the filled slots ``start, start+step, …``.
+
+    With ``scales``, state ``j`` is first multiplied channel-wise by ``scales[j]`` (MUDDFormer's
+    learned pre-aggregation norm scales); the buffer form keeps no scaled copy for backward.
+    """
     n = len(states.handles)
     handles = states.handles[start:n:step]
+    if scales is not None and states.form != "buffer":
+        handles = tuple(h * g.to(h.dtype) for h, g in zip(handles, scales.unbind(0)))
     if states.form == "stack":
         return depth_aggregate(torch.stack(handles), weights)
     if states.form == "sum":
         return weighted_sum(handles, weights)
+    if scales is not None:
+        return _AggregateScaledSlots.apply(states.buffer[start:n:step], weights, scales, *handles)
     return _AggregateSlots.apply(states.buffer[start:n:step], weights, *handles)
 
 

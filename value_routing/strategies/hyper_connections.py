@@ -31,6 +31,23 @@ equals the baseline's residual, and the summed output is :math:`n` times it (equ
 to the final RMSNorm's epsilon). The static weights and scales are 1-D parameters (no weight
 decay under the recipes' rule), the dynamic projections matrices (decayed), as in the paper.
 
+**Forms.** ``form="ours"`` is the above: one hyper-connection around each whole block.
+``form="authors"`` is the form of the SATFormer authors' public code: one hyper-connection
+around the attention sublayer and one around the MLP, each with its own weights (``2L`` in
+all, :math:`A_m` of connection :math:`m = 2k + s` initialised to :math:`e_{m \bmod n}`), and
+:math:`\mathcal{T}` the bare sublayer (pre-norm, no residual):
+
+.. math::
+
+    H^{k+\frac12} = B_{2k}^\top\, \mathrm{Attn}(\mathrm{norm}(A_{m,2k}^\top H^k)) + A_{r,2k}^\top H^k,
+    \qquad
+    H^{k+1} = B_{2k+1}^\top\, \mathrm{MLP}(\mathrm{norm}(A_{m,2k+1}^\top H^{k+\frac12}))
+              + A_{r,2k+1}^\top H^{k+\frac12}
+
+(through the ``residual`` hook, so no subtraction). Its dynamic norm has a learned scale
+:math:`g` (init 1), :math:`\bar H = g \odot H/\sqrt{\mathrm{mean}(H^2) + \epsilon}`, with
+:math:`\epsilon` the float32 machine epsilon (their norm's default) unless ``norm_eps`` is given.
+
 The mixing math (norm, weights and the aggregation over streams) runs in float32 (or the
 input's dtype if wider), and :math:`H` is kept in that dtype. All operations are per token.
 """
@@ -47,6 +64,10 @@ from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check
 from value_routing.typing import Float, Tensor
 
 
+#: ``form`` values: one connection per block (ours) or per sublayer (the authors' code).
+HC_FORMS: tuple[str, ...] = ("ours", "authors")
+
+
 class HyperState(NamedTuple):
     """What the next block needs: its input ``h``, ``A_r^T H`` and ``B`` (all in the mixing dtype)."""
 
@@ -60,9 +81,13 @@ class HyperConnections(Strategy):
 
     def __init__(
         self, d_model: int, n_layers: int, rate: int = 4, dynamic: bool = True,
-        scale_init: float = 0.01, norm_eps: float = 1e-6,
+        scale_init: float = 0.01, norm_eps: float | None = None, form: str = "ours",
     ) -> None:
         super().__init__(n_layers)
+        if form not in HC_FORMS:
+            raise ValueError(f"form must be one of {HC_FORMS}, got {form!r}")
+        if norm_eps is None:
+            norm_eps = torch.finfo(torch.float32).eps if form == "authors" else 1e-6
         if d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         if rate < 1:
@@ -71,44 +96,51 @@ class HyperConnections(Strategy):
             raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
         if not norm_eps >= 0:
             raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
-        self.d_model, self.rate, self.dynamic, self.norm_eps = d_model, rate, dynamic, norm_eps
-        self.static_alpha = nn.ParameterList()  # per layer: (n, n + 1) = [A_m | A_r], flattened
-        self.static_beta = nn.ParameterList()  # per layer: (n,)
-        for layer in range(n_layers):
+        self.d_model, self.rate, self.dynamic, self.norm_eps, self.form = d_model, rate, dynamic, norm_eps, form
+        self.n_connections = n_layers * (2 if form == "authors" else 1)
+        self.static_alpha = nn.ParameterList()  # per connection: (n, n + 1) = [A_m | A_r], flattened
+        self.static_beta = nn.ParameterList()  # per connection: (n,)
+        for m in range(self.n_connections):
             alpha = torch.zeros(rate, rate + 1)
-            alpha[layer % rate, 0] = 1.0
+            alpha[m % rate, 0] = 1.0
             alpha[:, 1:] = torch.eye(rate)
             self.static_alpha.append(nn.Parameter(alpha.flatten()))
             self.static_beta.append(nn.Parameter(torch.ones(rate)))
-        if dynamic:  # per layer: [W_α | W_β] as one (n + 2, d) projection, and (s_α, s_β)
-            self.proj = nn.ParameterList(nn.Parameter(torch.zeros(rate + 2, d_model)) for _ in range(n_layers))
-            self.scales = nn.ParameterList(nn.Parameter(torch.full((2,), float(scale_init))) for _ in range(n_layers))
+        if dynamic:  # per connection: [W_α | W_β] as one (n + 2, d) projection, and (s_α, s_β)
+            m = self.n_connections
+            self.proj = nn.ParameterList(nn.Parameter(torch.zeros(rate + 2, d_model)) for _ in range(m))
+            self.scales = nn.ParameterList(nn.Parameter(torch.full((2,), float(scale_init))) for _ in range(m))
+            if form == "authors":  # the learned scale g of the dynamic branch's RMSNorm
+                self.norm_scale = nn.ParameterList(nn.Parameter(torch.ones(d_model)) for _ in range(m))
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "HyperConnections":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
 
     def connection(
-        self, layer: int, hyper: Float[Tensor, "streams batch seq dim"]
+        self, m: int, hyper: Float[Tensor, "streams batch seq dim"]
     ) -> tuple[Float[Tensor, "#batch #seq outputs streams"], Float[Tensor, "#streams #batch #seq 1"]]:
-        """Block ``layer``'s weights from :math:`H`: ``alpha`` as ``(…, 1 + n, n)`` (row 0 is
+        """Connection ``m``'s weights from :math:`H` (``m`` is the block for ``form="ours"``,
+        ``2·layer + sublayer`` for ``"authors"``): ``alpha`` as ``(…, 1 + n, n)`` (row 0 is
         :math:`A_m^\\top`, rows ``1..n`` are :math:`A_r^\\top`) and ``beta`` as ``(n, …, 1)``."""
-        check_layer(layer, self.n_layers)
+        if not 0 <= m < self.n_connections:
+            raise ValueError(f"connection index must be in [0, {self.n_connections}), got {m}")
         n = self.rate
-        alpha = self.static_alpha[layer].to(hyper.dtype).view(n, n + 1)
-        beta = self.static_beta[layer].to(hyper.dtype)
+        alpha = self.static_alpha[m].to(hyper.dtype).view(n, n + 1)
+        beta = self.static_beta[m].to(hyper.dtype)
         if not self.dynamic:
             return alpha.t()[None, None], beta.view(n, 1, 1, 1)
+        proj = self.proj[m] if self.form == "ours" else self.proj[m] * self.norm_scale[m]  # (g ⊙ x) W = x (g W)
         # RMSNorm(H) W = rstd(H) · (H W): backward keeps H (kept anyway), not a normalised copy
         rstd = torch.rsqrt(hyper.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        dyn = torch.tanh((hyper @ self.proj[layer].to(hyper.dtype).t()) * rstd)  # (n, batch, seq, n + 2)
-        s_alpha, s_beta = self.scales[layer].to(hyper.dtype).unbind(0)
+        dyn = torch.tanh((hyper @ proj.to(hyper.dtype).t()) * rstd)  # (n, batch, seq, n + 2)
+        s_alpha, s_beta = self.scales[m].to(hyper.dtype).unbind(0)
         alpha = s_alpha * dyn[..., : n + 1] + alpha.view(n, 1, 1, n + 1)  # (n, batch, seq, n + 1)
         beta = s_beta * dyn[..., n + 1 :] + beta.view(n, 1, 1, 1)
         return alpha.permute(1, 2, 3, 0), beta
 
-    def _enter(self, layer: int, hyper: Tensor) -> HyperState:
-        alpha, beta = self.connection(layer, hyper)
+    def _enter(self, m: int, hyper: Tensor) -> HyperState:
+        alpha, beta = self.connection(m, hyper)
         mixed = depth_aggregate(hyper, alpha)  # (1 + n, batch, seq, dim)
         # the block saves h: a copy of its own lets ``mixed`` be freed after block_output
         return HyperState(mixed[0].clone(memory_format=torch.contiguous_format), mixed[1:], beta)
@@ -120,8 +152,25 @@ class HyperConnections(Strategy):
     def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: HyperState) -> BlockInput:
         return BlockInput(state.h.to(x.dtype))
 
+    def residual(self, layer: int, sublayer: int, x: Tensor, out: Tensor, state: HyperState | None):
+        if self.form == "ours":
+            return x + out, state
+        check_layer(layer, self.n_layers)
+        if sublayer not in (0, 1):
+            raise ValueError(f"sublayer must be 0 (attention) or 1 (MLP), got {sublayer}")
+        if state is None:
+            raise ValueError("the authors' form needs the state of init_state / the previous sublayer, got None")
+        hyper = (state.carried + state.beta * out.to(state.carried.dtype)).contiguous()
+        m = 2 * layer + sublayer + 1
+        if m == self.n_connections:
+            return hyper.sum(0).to(out.dtype), None
+        state = self._enter(m, hyper)
+        return state.h.to(out.dtype), state
+
     def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: HyperState):
         check_layer(layer, self.n_layers)
+        if self.form == "authors":  # routed per sublayer by ``residual``: y is the next input
+            return y, state
         h = state.h.to(y.dtype)
         # contiguous, so that the matmul in ``connection`` saves H itself, not a reshaped copy
         hyper = (state.carried + state.beta * (y - h).to(state.carried.dtype)).contiguous()
@@ -131,4 +180,5 @@ class HyperConnections(Strategy):
         return state.h.to(y.dtype), state
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_layers={self.n_layers}, rate={self.rate}, dynamic={self.dynamic}"
+        return (f"d_model={self.d_model}, n_layers={self.n_layers}, rate={self.rate}, dynamic={self.dynamic}, "
+                f"form={self.form!r}")

@@ -22,6 +22,22 @@ elsewhere, :math:`W^2_i = 0` and :math:`W^1_i \sim \mathcal{N}(0, \text{init\_st
 model starts as the baseline and the dynamic part grows from zero. :math:`a_i` is stored as
 1-D vectors (no weight decay under the recipes' "matrices only" rule).
 
+**Forms.** ``form="ours"`` is the above. ``form="authors"`` is the form of the MUDDFormer
+authors' code as run by the SATFormer authors' public code (their configs switch it on for
+every size): pre- and post-aggregation norms, with :math:`n(x) = x / \mathrm{rms}(x)`,
+
+.. math::
+
+    X^c_i = g^{\text{post}}_{i,c} \odot n\Big(\sum_{j=0}^{i} A^c_{i,j}\,
+            g^{\text{pre}}_{i,j} \odot n(X_j)\Big) + X_i
+
+with learned channel scales :math:`g^{\text{pre}}_{i,j}` (init 1, one per aggregation and
+state) and :math:`g^{\text{post}}_{i,c}` (init 1e-3), static weights :math:`a_i = 0` (the
+``+ X_i`` already makes it the baseline at init) and :math:`W^1_i \sim \mathcal{N}(0, 1/d^2)`
+(std :math:`1/d`, not :math:`1/\sqrt d`). Blocks then give the query, key and value inputs
+separate learned norms (``separate_qkv_norms``). The states are stored normalised,
+:math:`n(X_j)`, so the pre-norm costs one RMS per state, not one per aggregation.
+
 The states live in one write-once buffer (:mod:`value_routing.strategies.depth_states`);
 ``impl="stack"`` is the naive ``torch.stack``-per-layer variant, kept for benchmarks. All
 operations are per token, so incremental decoding needs the new tokens' states only.
@@ -47,6 +63,16 @@ from value_routing.typing import Float, Tensor
 
 #: The streams every block but the last reads, in the order of :math:`A_i`'s stream axis.
 MUDD_STREAMS: tuple[str, ...] = ("q", "k", "v", "r")
+#: ``form`` values: our original form, or the pre/post-norm form of the authors' code.
+MUDD_FORMS: tuple[str, ...] = ("ours", "authors")
+#: Initial post-aggregation norm scale of the authors' form.
+POST_NORM_INIT = 1e-3
+
+
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    r""":math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}` over the last axis, in float32 at least."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class MuddState(NamedTuple):
@@ -60,27 +86,38 @@ class DynamicDenseAggregation(Strategy):
     """MUDDFormer multiway dynamic dense connections (see module docstring for the equation)."""
 
     def __init__(
-        self, d_model: int, n_layers: int, impl: str = "buffer", init_std: float = 0.02, norm_eps: float = 1e-6
+        self, d_model: int, n_layers: int, impl: str = "buffer", init_std: float = 0.02, norm_eps: float = 1e-6,
+        form: str = "ours",
     ) -> None:
         super().__init__(n_layers)
+        if form not in MUDD_FORMS:
+            raise ValueError(f"form must be one of {MUDD_FORMS}, got {form!r}")
         if d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         if init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {init_std}")
         if not norm_eps >= 0:
             raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
-        self.d_model, self.impl, self.norm_eps = d_model, check_impl(impl), norm_eps
+        self.d_model, self.impl, self.norm_eps, self.form = d_model, check_impl(impl), norm_eps, form
+        authors = form == "authors"
+        self.separate_qkv_norms = authors
         self.w1, self.w2, self.static = nn.ModuleList(), nn.ModuleList(), nn.ParameterList()
+        self.pre_norms, self.post_norms = nn.ParameterList(), nn.ParameterList()
         for layer in range(n_layers):
             streams, depth = self.n_streams(layer), layer + 2
             width = streams * depth
             self.w1.append(nn.Linear(d_model, width, bias=False))
             self.w2.append(nn.Linear(width, width, bias=False))
-            nn.init.normal_(self.w1[-1].weight, std=init_std)
+            nn.init.normal_(self.w1[-1].weight, std=1.0 / d_model if authors else init_std)
             nn.init.zeros_(self.w2[-1].weight)
             static = torch.zeros(streams, depth)
-            static[:, -1] = 1.0
+            if not authors:
+                static[:, -1] = 1.0
             self.static.append(nn.Parameter(static.flatten()))
+            if authors:
+                # flattened to 1-D: norm scales, not decayed under the recipes' "matrices only" rule
+                self.pre_norms.append(nn.Parameter(torch.ones(depth * d_model)))
+                self.post_norms.append(nn.Parameter(torch.full((streams * d_model,), POST_NORM_INIT)))
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "DynamicDenseAggregation":
@@ -103,7 +140,8 @@ class DynamicDenseAggregation(Strategy):
         return (dynamic + static).unflatten(-1, (streams, depth))
 
     def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> MuddState:
-        return MuddState(init_depth_states(x0, self.n_layers + 1, self.impl), None)
+        first = rms_normalize(x0, self.norm_eps) if self.form == "authors" else x0
+        return MuddState(init_depth_states(first, self.n_layers + 1, self.impl), None)
 
     def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: MuddState) -> BlockInput:
         if state.qkv is None:
@@ -112,12 +150,24 @@ class DynamicDenseAggregation(Strategy):
         return BlockInput(x, q, k, v)
 
     def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: MuddState):
-        states = append_depth_state(state.states, y)
-        streams = aggregate_depth_states(states, self.weights(layer, y))
+        if self.form == "authors":
+            streams, states = self._aggregate_normed(layer, y, state)
+        else:
+            states = append_depth_state(state.states, y)
+            streams = aggregate_depth_states(states, self.weights(layer, y))
         if streams.shape[0] == 1:
             return streams[0], MuddState(states, None)
         q, k, v, r = streams.unbind(0)
         return r, MuddState(states, (q, k, v))
 
+    def _aggregate_normed(self, layer: int, y: Tensor, state: MuddState) -> tuple[Tensor, DepthStates]:
+        """The authors' form: pre-norm scales inside, post-norm and ``+ X_i`` outside the sum."""
+        states = append_depth_state(state.states, rms_normalize(y, self.norm_eps))
+        pre = self.pre_norms[layer].view(layer + 2, self.d_model)
+        summed = aggregate_depth_states(states, self.weights(layer, y), scales=pre)
+        post = self.post_norms[layer].view(-1, 1, 1, self.d_model).to(summed.dtype)
+        return post * rms_normalize(summed, self.norm_eps) + y, states
+
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_layers={self.n_layers}, impl={self.impl!r}"
+        return f"d_model={self.d_model}, n_layers={self.n_layers}, impl={self.impl!r}, form={self.form!r}"
+

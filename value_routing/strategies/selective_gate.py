@@ -5,12 +5,16 @@ For every gated layer :math:`n`
 .. math:: V'_n = V_n + \mathrm{act}(W_{\alpha,n} h_n) \odot V_1
 
 where :math:`h_n` is the normed block input (``batch seq d_model``),
-:math:`W_{\alpha,n}\in\mathbb{R}^{d_\text{model}\to n_\text{kv}}` has no bias, so the gate
+:math:`W_{\alpha,n}\in\mathbb{R}^{d_\text{model}\to n_\text{kv}}` has no bias (with ``bias_init``
+a learned bias :math:`b_n`, initialised to that value, is added: :math:`\mathrm{act}(W_{\alpha,n} h_n + b_n)`;
+the authors' public code has this as ``proj_bias``), so the gate
 :math:`\alpha_n` has shape ``batch seq kv_heads`` and broadcasts over ``head_dim``;
 :math:`V_1` is layer 0's raw value projection (not detached, so gradients reach layer 0).
 ``act`` is one of ``relu`` (default; exact zeros switch reuse off), ``sigmoid``, ``tanh``,
 ``identity``, ``softmax`` (over heads, ×heads) or ``softmax_sigmoid``. With ``last_k`` only
-the last ``k`` layers are gated; the rest run as the baseline.
+the last ``k`` layers are gated; the rest run as the baseline. A relu gate starts nearly closed
+(:math:`W_\alpha` is small at init); ``bias_init=0.5`` starts it half open, as the static residual's
+:math:`\lambda_1 = 0.5`.
 
 The mix happens before attention and before the KV cache, so incremental decoding needs
 only the new tokens' :math:`V_1`. :math:`W_{\alpha,n}` can be folded into the block's QKV
@@ -45,6 +49,7 @@ class SelectiveGate(Strategy):
         act: str = "relu",
         last_k: int | None = None,
         init_std: float = 0.02,
+        bias_init: float | None = None,
     ) -> None:
         super().__init__(n_layers)
         self.act = check_activation(act)
@@ -56,13 +61,17 @@ class SelectiveGate(Strategy):
             raise ValueError(
                 f"last_k must be None or in [1, n_layers - 1] = [1, {n_layers - 1}], got {last_k}"
             )
-        self.d_model, self.n_kv_heads, self.last_k = d_model, n_kv_heads, last_k
+        if bias_init is not None and not isinstance(bias_init, (int, float)):
+            raise ValueError(f"bias_init must be None or a number, got {bias_init!r}")
+        self.d_model, self.n_kv_heads, self.last_k, self.bias_init = d_model, n_kv_heads, last_k, bias_init
         self.first_gated = 1 if last_k is None else n_layers - last_k
         self.gates = nn.ModuleList(
-            nn.Linear(d_model, n_kv_heads, bias=False) for _ in range(self.first_gated, n_layers)
+            nn.Linear(d_model, n_kv_heads, bias=bias_init is not None) for _ in range(self.first_gated, n_layers)
         )
         for gate in self.gates:
             nn.init.normal_(gate.weight, std=init_std)
+            if gate.bias is not None:
+                nn.init.constant_(gate.bias, bias_init)
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "SelectiveGate":
@@ -77,7 +86,8 @@ class SelectiveGate(Strategy):
         return self.gates[layer - self.first_gated].weight if self.is_gated(layer) else None
 
     def extra_value_projection(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
-        """``W_α`` for fusing into the block's QKV GEMM (``mix_value`` then gets ``logits``)."""
+        """``W_α`` for fusing into the block's QKV GEMM (``mix_value`` then gets ``logits`` and adds
+        the bias, if any)."""
         check_layer(layer, self.n_layers)
         return self.gate_weight(layer)
 
@@ -92,19 +102,23 @@ class SelectiveGate(Strategy):
     def mix_value(self, layer, v, v1, h, logits: Tensor | None = None):
         """``V + act(W_α h)·V1`` for gated layers; ``v`` unchanged otherwise.
 
-        ``logits`` may pass precomputed ``W_α h`` (e.g. from a fused QKV+gate projection).
+        ``logits`` may pass precomputed ``W_α h`` (e.g. from a fused QKV+gate projection); the
+        gate's bias, if any, is added here.
         """
         check_layer(layer, self.n_layers)
         if not self.is_gated(layer):
             return v
         if v1 is None:
             raise ValueError("v1 must be given for gated layers (layer 0's value projection)")
+        proj = self.gates[layer - self.first_gated]
         if logits is None:
-            logits = self.gates[layer - self.first_gated](h)
+            logits = proj(h)
+        elif proj.bias is not None:
+            logits = logits + proj.bias
         return gate_mix(v, v1, logits, self.act)
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
-            f"act={self.act!r}, last_k={self.last_k}"
+            f"act={self.act!r}, last_k={self.last_k}, bias_init={self.bias_init}"
         )

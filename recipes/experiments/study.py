@@ -1,0 +1,154 @@
+"""A multi-seed study: strategies × seeds × tasks, with paired differences a reader can trust.
+
+``python -m recipes.experiments.study --preset published --workers 2`` trains every
+variant (a registry strategy plus options, e.g. ``satformer-sigmoid``) on every task (``lm``:
+validation loss on the embedded corpus; ``mqar``: multi-query associative recall accuracy) for
+every seed. A seed fixes the initial-weight RNG and the data order, the same for every variant,
+so differences to the baseline can be paired by seed (:mod:`recipes.experiments.study_report`).
+
+Each run is a pure function of its spec (variant, seed, task, full model and training configs);
+when it finishes, one JSON line is appended to ``OUT/runs.jsonl`` (flushed and fsynced). A run's
+key is a hash of its spec: an interrupted study rerun with the same arguments skips the finished
+runs, and a changed setting never reuses a stale result. Every run uses one thread, so results do
+not depend on ``--workers`` (the number of parallel processes; use one per core).
+After a study, its report covers exactly the runs of its settings; ``--report-only`` re-renders
+``results.md``, ``summary.json`` and the PNGs from all of ``runs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
+from recipes.experiments.study_report import load_runs, write_report
+from recipes.experiments.study_run import execute
+
+#: Bumped when what a run computes changes, so old results are not reused.
+STUDY_VERSION = 1
+#: Where each preset writes by default: the committed results the docs and the demo read.
+DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke"}
+
+
+def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every run's spec, seed-major (an interrupted study has whole seeds first)."""
+    specs = []
+    for seed in cfg.seeds:
+        for task_name, task in cfg.tasks.items():
+            for variant in cfg.variants:
+                if task_name != "lm" and variant.name in cfg.lm_only:
+                    continue
+                model = study_model_config(variant, task.shape or cfg.shape, task.vocab_size, task.max_seq_len)
+                specs.append({
+                    "version": STUDY_VERSION, "task": task_name, "seed": seed, "variant": asdict(variant),
+                    "model": asdict(model), "train": {**asdict(task.train), "seed": seed},
+                    "mqar": asdict(task.mqar) if task.mqar else None, "corpus_bytes": task.corpus_bytes,
+                    # the embedded corpus is this Python's standard library
+                    "python": None if task.mqar else "%d.%d" % sys.version_info[:2],
+                    "curve_points": cfg.curve_points,
+                })
+    return specs
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """A stable hash of the whole spec (any changed setting gives a new key)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate the run ``spec`` describes (single-threaded; see :func:`execute`)."""
+    return {"key": spec_key(spec), **execute(spec), "finished_at": time.time(), "spec": spec}
+
+
+def _execute(specs: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+    """Results of ``specs`` as they finish: in this process, or in ``workers`` spawned processes."""
+    if workers == 1:
+        for spec in specs:
+            yield run_one(spec)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, spec) for spec in specs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:  # on an error or interrupt, start no further run (finished ones are on disk)
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a partial last line (a process killed mid-write) so appends start on a fresh line."""
+    data = path.read_bytes() if path.exists() else b""
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the study's unfinished runs (``workers`` processes); return all of its finished runs."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runs.jsonl"
+    _drop_torn_line(path)
+    specs = plan(cfg)
+    done = {run["key"] for run in load_runs(path)}
+    todo = [spec for spec in specs if spec_key(spec) not in done]
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", disable=not progress, unit="run")
+    with open(path, "a") as f:
+        for result in _execute(todo, workers):
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update()
+            bar.set_postfix_str(f"{result['spec']['variant']['name']} seed {result['spec']['seed']}", refresh=False)
+    bar.close()
+    keys = {spec_key(spec) for spec in specs}
+    return [run for run in load_runs(path) if run["key"] in keys]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="published", choices=list(PRESETS), help="the study's settings")
+    p.add_argument("--out", help="directory for runs.jsonl, results.md, summary.json, PNGs (default: "
+                                 + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()) + ")")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (one per core)")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    p.add_argument("--variants", nargs="+", help=f"override the preset's variants; known: {', '.join(VARIANTS)}")
+    p.add_argument("--tasks", nargs="+", help="override the preset's tasks (lm, mqar)")
+    p.add_argument("--report-only", action="store_true", help="re-render the report from OUT/runs.jsonl")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    out = Path(args.out or DEFAULT_OUT[args.preset])
+    if not args.report_only:
+        if args.workers < 1:
+            raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+        try:
+            cfg = PRESETS[args.preset]().override(seeds=args.seeds, variants=args.variants, tasks=args.tasks)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"study {args.preset}: {len(cfg.variants)} variants × {len(cfg.seeds)} seeds × tasks {list(cfg.tasks)}"
+              f" -> {out / 'runs.jsonl'}", file=sys.stderr)
+        runs = run_study(cfg, out, args.workers)
+    summary = write_report(out, plots=not args.no_plots, runs=None if args.report_only else runs)
+    print((out / "results.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main()

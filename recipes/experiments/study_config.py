@@ -1,0 +1,207 @@
+"""What a study (:mod:`recipes.experiments.study`) runs: variants, model shape, tasks, seeds; the presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from recipes.builders import BUILDERS, SIZES, model_config
+from recipes.config import ModelConfig
+from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
+from recipes.train.optim import TrainConfig
+from recipes.validate import check_min
+from value_routing.strategies import STRATEGIES
+
+@dataclass(frozen=True)
+class Variant:
+    """A named table row: registry ``strategy`` plus ``options`` over its builder's defaults."""
+
+    name: str
+    strategy: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"variant {self.name!r}: strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
+
+
+#: The variants a study can name. Ablations of SATFormer vary one option of the ``satformer`` row.
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    *(Variant(name, name) for name in BUILDERS),
+    Variant("satformer-sigmoid", "satformer", {"act": "sigmoid"}),
+    Variant("satformer-last4", "satformer", {"last_k": 4}),
+    # relu gates start nearly closed; a 0.5 bias starts them half open, as static's λ1 = 0.5
+    Variant("satformer-bias", "satformer", {"bias_init": 0.5}),
+)}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Width and depth of a study's models. ``paper_arch``: everything else as the paper presets
+    (the ``small`` size: qk-norm and its ε, init, d_ff = 4 d_model, the authors' forms of the
+    strategies, :data:`recipes.builders.PAPER_OPTIONS`); else as the demo's ``tiny`` builders."""
+
+    d_model: int = 128
+    n_layers: int = 8
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    paper_arch: bool = True
+
+    def __post_init__(self) -> None:
+        check_min(self, 1, "d_model", "n_layers", "n_heads", "n_kv_heads")
+
+
+def study_model_config(variant: Variant, shape: Shape, vocab_size: int, max_seq_len: int) -> ModelConfig:
+    """The model of ``variant`` at ``shape``: the ``small`` preset (with ``shape.paper_arch``) or
+    the ``tiny`` one made ``shape``'s width and depth, the builder's options updated by the variant's."""
+    size = "small" if shape.paper_arch else "tiny"
+    options = {**BUILDERS[variant.strategy](size).strategy_options, **variant.options}
+    dims = dict(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads,
+                n_kv_heads=shape.n_kv_heads, vocab_size=vocab_size, max_seq_len=max_seq_len)
+    if shape.paper_arch:  # keep the preset's FFN ratio at the narrower width
+        dims["d_ff"] = SIZES[size]["d_ff"] // SIZES[size]["d_model"] * shape.d_model
+    return model_config(size, variant.strategy, strategy_options=options, **dims)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task's training budget; ``mqar`` set = MQAR accuracy, else LM loss on the embedded
+    corpus (its first ``corpus_bytes``). ``shape`` overrides the study's model shape."""
+
+    train: TrainConfig
+    mqar: MQARConfig | None = None
+    shape: Shape | None = None
+    corpus_bytes: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.mqar is not None and self.train.seq_len != self.mqar.seq_len:
+            raise ValueError(f"train.seq_len ({self.train.seq_len}) must equal mqar.seq_len ({self.mqar.seq_len})")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mqar.vocab_size if self.mqar else 256
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.mqar.seq_len if self.mqar else max(SIZES["tiny"]["max_seq_len"], self.train.seq_len)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Variants × seeds × tasks (``lm`` and/or ``mqar``); ``curve_points`` training-loss points per run."""
+
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    shape: Shape = Shape()
+    lm: Task | None = None
+    mqar: Task | None = None
+    curve_points: int = 50
+    baseline: str = "baseline"
+    #: Variants run on the ``lm`` task only (ablations, to save the budget for more seeds).
+    lm_only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"variants must be non-empty with unique names, got {names}")
+        if self.baseline not in names:
+            raise ValueError(f"variants must include the baseline {self.baseline!r} (paired Δ), got {names}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be non-empty, unique and >= 0, got {list(self.seeds)}")
+        if self.lm is None and self.mqar is None:
+            raise ValueError("at least one task (lm, mqar) must be configured")
+        if self.lm is not None and self.lm.mqar is not None:
+            raise ValueError("lm must be a Task without mqar settings")
+        if self.mqar is not None and self.mqar.mqar is None:
+            raise ValueError("mqar must be a Task with mqar settings (an MQARConfig)")
+        check_min(self, 1, "curve_points")
+        if not set(self.lm_only) <= set(names) - {self.baseline}:
+            raise ValueError(f"lm_only must name non-baseline variants of {names}, got {list(self.lm_only)}")
+        for name, task in self.tasks.items():  # bad shapes or options fail here, naming the field
+            for variant in self.variants:
+                if name != "lm" and variant.name in self.lm_only:
+                    continue
+                study_model_config(variant, task.shape or self.shape, task.vocab_size, task.max_seq_len)
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {name: task for name, task in (("lm", self.lm), ("mqar", self.mqar)) if task is not None}
+
+    def override(self, seeds: Sequence[int] | None = None, variants: Sequence[str] | None = None,
+                 tasks: Sequence[str] | None = None) -> "StudyConfig":
+        """A copy with other seeds, variants (names in :data:`VARIANTS`) or a subset of the tasks."""
+        changes: dict[str, Any] = {}
+        if seeds is not None:
+            changes["seeds"] = tuple(seeds)
+        if variants is not None:
+            unknown = [v for v in variants if v not in VARIANTS]
+            if unknown:
+                raise ValueError(f"variants must be among {tuple(VARIANTS)}, got unknown {unknown}")
+            changes["variants"] = tuple(VARIANTS[v] for v in variants)
+            changes["lm_only"] = tuple(v for v in self.lm_only if v in variants)
+        if tasks is not None:
+            bad = [t for t in tasks if t not in self.tasks]
+            if bad:
+                raise ValueError(f"tasks must be among this preset's {tuple(self.tasks)}, got {bad}")
+            changes.update({name: None for name in self.tasks if name not in tasks})
+        return replace(self, **changes)
+
+
+#: The ``tiny`` size's shape with the demo builders' architecture.
+_TINY = Shape(**{k: SIZES["tiny"][k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads")}, paper_arch=False)
+
+
+def _variants(*names: str) -> tuple[Variant, ...]:
+    return tuple(VARIANTS[n] for n in names)
+
+
+def demo_preset() -> StudyConfig:
+    """The demo's exact settings (``python -m recipes.train``) over seeds 0-3: its noise scale."""
+    return StudyConfig(
+        variants=_variants(*BUILDERS), seeds=(0, 1, 2, 3), shape=_TINY,
+        lm=Task(TrainConfig()),
+        mqar=Task(DEMO_TRAIN, DEMO_TASK, Shape(**DEMO_MODEL, paper_arch=False)),
+    )
+
+
+def smoke_preset() -> StudyConfig:
+    """Seconds-long: checks the pipeline end to end (the tests use shapes like it)."""
+    train = TrainConfig(steps=6, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
+    task = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
+    return StudyConfig(
+        variants=_variants("baseline", "satformer"), seeds=(0, 1), shape=Shape(32, 3, 2, 1), curve_points=3,
+        lm=Task(train), mqar=Task(replace(train, seq_len=16), task),
+    )
+
+
+#: The published MQAR task: one pair more than the demo's and twice its length. Probes of the
+#: baseline alone (4 layers × d_model 64, seeds 0 and 1) found no harder setting that leaves the
+#: "answer any context value" plateau (≈ 1 / pairs) within a CPU budget: vocab 128 / seq 64 /
+#: 8 pairs at 0.8M tokens: 0.09, 0.10; vocab 64 / seq 32 / 6 pairs at 0.8M: 0.20, 0.21 (lr 1e-2:
+#: 0.18, 0.19); this task at 1.5M tokens: 0.30, 0.30, at 3M: 0.32, 0.32 (plateau 0.25). At the
+#: published budget (2M tokens) accuracy measures how far each model has left the plateau.
+PUBLISHED_MQAR = MQARConfig(vocab_size=32, seq_len=32, num_kv_pairs=4)
+
+
+def published_preset() -> StudyConfig:
+    """docs/results.md: 6 strategies × 4 seeds × (LM, MQAR) and 3 SATFormer ablations on LM.
+
+    Sized to ~85 minutes on 2 idle cores with ``--workers 2`` from one-thread CPU times per step
+    (LM: 0.56-1.15 s, mean 0.73 over the six strategies; MQAR: 0.06-0.12 s at batch 32): LM
+    36 runs × 250 steps ≈ 6100 s, MQAR 24 runs × 1000 steps ≈ 3800 s. Narrower and shallower
+    than the paper's ``small`` (d_model 768, 11 layers) with its architecture choices
+    (:class:`Shape`); 8 layers, so 7 read ``V1``.
+    """
+    lm = TrainConfig(steps=250, batch_size=16, seq_len=128, lr=3e-3, warmup=25, eval_batches=16)
+    mqar = TrainConfig(steps=1000, batch_size=64, seq_len=PUBLISHED_MQAR.seq_len, lr=3e-3, warmup=30, eval_batches=8)
+    ablations = ("satformer-sigmoid", "satformer-bias", "satformer-last4")
+    return StudyConfig(
+        variants=_variants(*BUILDERS, *ablations), seeds=(0, 1, 2, 3), shape=Shape(128, 8, 4, 2),
+        lm=Task(lm), mqar=Task(mqar, PUBLISHED_MQAR, Shape(64, 4, 4, 2)), lm_only=ablations,
+    )
+
+
+#: ``--preset`` choices.
+PRESETS: dict[str, Callable[[], StudyConfig]] = {
+    "published": published_preset, "demo": demo_preset, "smoke": smoke_preset,
+}

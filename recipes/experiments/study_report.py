@@ -1,0 +1,228 @@
+r"""Statistics, tables and plots of a study (:mod:`recipes.experiments.study`), from its ``runs.jsonl`` alone.
+
+Over the seeds :math:`s = 1..n` of a variant with metric :math:`x_s` (validation loss, or MQAR
+accuracy), the report gives the mean and a Student-t 95% confidence interval
+
+.. math:: \bar x \pm t_{0.975,\,n-1}\, \frac{s_x}{\sqrt n}, \qquad
+          s_x^2 = \frac{1}{n-1}\sum_s (x_s - \bar x)^2
+
+and the **paired** difference to the baseline run of the same seed (same seed for the initial
+weights, same data order), :math:`d_s = x_s - b_s`, with the same interval
+on :math:`d`. Pairing removes the seed-to-seed spread both runs share, so a paired interval is
+usually much narrower than the two unpaired ones. With :math:`n = 1` no interval exists ("n/a").
+MQAR runs also report the solve rate: the fraction of seeds with accuracy
+:math:`\ge` :data:`SOLVED`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+#: MQAR accuracy at or above which a run counts as having solved the task.
+SOLVED = 0.9
+#: t_{0.975, df} for df = 1..30 (two-sided 95%); larger df use a Cornish-Fisher expansion.
+_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+         2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+         2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+         2.048407, 2.045230, 2.042272)
+_METRIC = {"lm": ("val_loss", "val loss", "lower is better"), "mqar": ("accuracy", "MQAR accuracy", "higher is better")}
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959963985  # error of this expansion < 1e-4 for df > 30
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of ``n`` values, their sample standard deviation and the half-width of the mean's 95%
+    t-interval (both ``None`` when n = 1)."""
+
+    mean: float
+    half_width: float | None
+    n: int
+    sd: float | None = None
+
+
+def mean_ci(values: Sequence[float]) -> Estimate:
+    """Mean and Student-t 95% interval half-width of ``values`` (see the module docstring)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("values must not be empty")
+    mean = sum(values) / n
+    if n == 1:
+        return Estimate(mean, None, 1)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Estimate(mean, t975(n - 1) * sd / math.sqrt(n), n, sd)
+
+
+def paired_delta(values: dict[int, float], base: dict[int, float]) -> Estimate | None:
+    """Mean ± CI of ``values[s] - base[s]`` over the seeds both have; ``None`` if they share none."""
+    seeds = sorted(set(values) & set(base))
+    return mean_ci([values[s] - base[s] for s in seeds]) if seeds else None
+
+
+def load_runs(path: str | Path) -> list[dict[str, Any]]:
+    """The finished runs in a ``runs.jsonl``; a torn last line (a run killed mid-write) is skipped."""
+    runs, lines = [], Path(path).read_text().splitlines() if Path(path).exists() else []
+    for i, line in enumerate(lines):
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1} is not valid JSON (only the last line may be torn)") from None
+    return runs
+
+
+def budget(spec: dict[str, Any]) -> dict[str, Any]:
+    """The settings a reader needs to compare runs: training budget, model shape, MQAR task."""
+    m, t = spec["model"], spec["train"]
+    out = {k: t[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup")}
+    out.update({k: m[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "qk_norm", "vocab_size")})
+    if spec.get("mqar"):
+        out.update({f"mqar_{k}": v for k, v in spec["mqar"].items()})
+    return out
+
+
+def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
+    """Per task: the ``budget`` (of the first run) and per variant the metric's estimate, the paired
+    Δ vs ``baseline``, the MQAR solve rate, seeds, parameters and mean training seconds."""
+    by: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for run in runs:
+        spec = run["spec"]
+        cell = by[spec["task"]][spec["variant"]["name"]]
+        if spec["seed"] in cell and cell[spec["seed"]]["spec"] != spec:
+            raise ValueError(f"runs of different settings for {spec['task']} / {spec['variant']['name']} / seed "
+                             f"{spec['seed']}: the results file mixes studies; use a fresh --out per setting")
+        cell[spec["seed"]] = run
+    out: dict[str, Any] = {}
+    for task, variants in by.items():
+        key = _METRIC[task][0]
+        base = {s: r[key] for s, r in variants.get(baseline, {}).items()}
+        rows = {}
+        for name, seeds in variants.items():
+            values = {s: r[key] for s, r in sorted(seeds.items())}
+            delta = paired_delta(values, base) if name != baseline else None
+            rows[name] = {
+                "seeds": sorted(values), "values": list(values.values()),
+                "estimate": mean_ci(list(values.values())).__dict__,
+                "delta": None if delta is None else delta.__dict__,
+                "params": next(iter(seeds.values()))["params"],
+                "seconds": sum(r["seconds"] for r in seeds.values()) / len(seeds),
+            }
+            if task == "mqar":
+                rows[name]["solve_rate"] = sum(v >= SOLVED for v in values.values()) / len(values)
+        first = next(iter(next(iter(variants.values())).values()))
+        out[task] = {"budget": budget(first["spec"]), "variants": rows}
+    return out
+
+
+def _fmt(est: dict[str, Any] | None, digits: int = 4, signed: bool = False) -> str:
+    if est is None:
+        return "-"
+    mean = f"{est['mean']:+.{digits}f}" if signed else f"{est['mean']:.{digits}f}"
+    pm = "n/a" if est["half_width"] is None else f"{est['half_width']:.{digits}f}"
+    return f"{mean} ± {pm}"
+
+
+def format_markdown(summary: dict[str, Any], baseline: str = "baseline") -> str:
+    """Markdown tables (one per task) with the budget each task ran at."""
+    parts = []
+    for task, entry in summary.items():
+        key, label, direction = _METRIC[task]
+        b, rows = entry["budget"], entry["variants"]
+        text = (f"{b['n_layers']} layers × d_model {b['d_model']}, {b['n_heads']} heads "
+                f"({b['n_kv_heads'] or b['n_heads']} kv), qk-norm {'on' if b['qk_norm'] else 'off'}, "
+                f"vocab {b['vocab_size']}; {b['steps']} steps × {b['batch_size']}×{b['seq_len']} tokens, lr {b['lr']}")
+        if task == "mqar":
+            text += f"; {b['mqar_num_kv_pairs']} key-value pairs per sequence"
+        head = f"| variant | seeds | params | {label} (mean ± 95% CI) | paired Δ vs {baseline} (95% CI) |"
+        rule = "|---|---|---|---|---|"
+        if task == "mqar":
+            head, rule = head + f" solved (acc ≥ {SOLVED}) |", rule + "---|"
+        lines = [f"### {task.upper()}: {label}, {direction}", "", text, "", head + " s/run |", rule + "---|"]
+        for name, row in rows.items():
+            line = (f"| {name} | {len(row['seeds'])} | {row['params'] / 1e6:.2f}M | {_fmt(row['estimate'])} "
+                    f"| {_fmt(row['delta'], signed=True)} |")
+            if task == "mqar":
+                line += f" {row['solve_rate'] * len(row['seeds']):.0f}/{len(row['seeds'])} |"
+            lines.append(line + f" {row['seconds']:.1f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baseline: str = "baseline") -> list[Path]:
+    """``curves_<task>.png`` (training loss, mean over seeds with a min-max band) and
+    ``delta_<task>.png`` (paired Δ vs baseline with 95% CI bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task, entry in summary.items():
+        rows = entry["variants"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in rows:
+            curves = [r["curve"] for r in runs if r["spec"]["task"] == task and r["spec"]["variant"]["name"] == name]
+            steps = [p[0] for p in curves[0]]
+            per_step = list(zip(*[[p[1] for p in c] for c in curves]))
+            ax.plot(steps, [sum(v) / len(v) for v in per_step], label=name)
+            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2)
+        ax.set(xlabel="step", ylabel="training loss", title=f"{task}: training loss (mean, min-max over seeds)")
+        ax.legend(fontsize=8)
+        paths.append(out / f"curves_{task}.png")
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+        deltas = [(n, r["delta"]) for n, r in rows.items() if r["delta"] is not None]
+        if not deltas:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(deltas)))
+        ys = range(len(deltas))
+        ax.errorbar([d["mean"] for _, d in deltas], ys, xerr=[d["half_width"] or 0 for _, d in deltas], fmt="o", capsize=4)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(list(ys), [n for n, _ in deltas])
+        ax.set(xlabel=f"paired Δ {_METRIC[task][1]} vs {baseline} (95% CI)", title=f"{task}: difference to {baseline}")
+        paths.append(out / f"delta_{task}.png")
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return paths
+
+
+def cost_line(runs: list[dict[str, Any]]) -> str:
+    """Runs, their summed training time, and the wall time from the first start to the last finish
+    (an interrupted and resumed study includes the pause)."""
+    train = sum(r["seconds"] for r in runs)
+    text = f"{len(runs)} runs; {train / 60:.1f} minutes of training summed over runs (one thread each)"
+    stamps = [r for r in runs if "finished_at" in r]
+    if stamps:
+        wall = max(r["finished_at"] for r in stamps) - min(r["finished_at"] - r["seconds"] for r in stamps)
+        text += f"; wall time {wall / 60:.1f} minutes"
+    return text + "."
+
+
+def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True,
+                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Render ``summary.json``, ``results.md`` and the PNGs in ``out`` from ``runs`` (default: all
+    of ``out/runs.jsonl``)."""
+    out = Path(out)
+    runs = load_runs(out / "runs.jsonl") if runs is None else runs
+    if not runs:
+        raise ValueError(f"no finished runs in {out / 'runs.jsonl'}")
+    summary = summarize(runs, baseline)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "results.md").write_text(format_markdown(summary, baseline) + "\n" + cost_line(runs) + "\n")
+    if plots:
+        plot(summary, runs, out, baseline)
+    return summary

@@ -1,0 +1,62 @@
+"""One run of a study: train the model a spec describes on its task and evaluate it."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable
+
+import torch
+
+from recipes.config import ModelConfig
+from recipes.data import embedded_corpus, random_batch
+from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
+from recipes.experiments.demo import evaluate
+from recipes.model import CausalLM
+from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus(max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return embedded_corpus(max_bytes)
+
+
+def _windows(losses: list[float], points: int) -> list[list[float]]:
+    """``[last step, mean loss]`` of ``points`` equal windows over the steps (fewer if steps < points)."""
+    size = max(1, len(losses) // points)
+    return [[i + size, sum(losses[i : i + size]) / size] for i in range(0, len(losses) - size + 1, size)]
+
+
+def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train ``spec["model"]`` with ``spec["train"]`` on ``spec["task"]``, on one thread.
+
+    The seed alone fixes the initial weights and the data order, whatever the variant.
+    Returns the metric (``val_loss`` or ``accuracy``), the training-loss ``curve``
+    (``[step, mean loss over the window ending there]``), ``params`` and training ``seconds``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # results independent of --workers (and no oversubscription)
+    try:
+        model_cfg, cfg = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
+        torch.manual_seed(cfg.seed)
+        model = CausalLM(model_cfg)
+        opt = make_optimizer(model, cfg)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+        if spec["task"] == "lm":
+            train, val = _corpus(spec["corpus_bytes"])
+            next_batch, loss_fn = (lambda: random_batch(train, cfg.batch_size, cfg.seq_len, gen)), lm_loss
+        else:
+            task = MQARConfig(**spec["mqar"])
+            next_batch, loss_fn = (lambda: mqar_batch(task, cfg.batch_size, gen)), model_mqar_loss
+        start = time.perf_counter()
+        losses = fit(model, opt, cfg, next_batch, loss_fn)
+        seconds = time.perf_counter() - start
+        if spec["task"] == "lm":
+            metric = {"val_loss": evaluate(model, val, cfg)}
+        else:
+            metric = {"accuracy": evaluate_mqar(model, task, batches=cfg.eval_batches)}
+        return {**metric, "curve": _windows(losses, spec["curve_points"]), "params": model.num_params(),
+                "seconds": seconds}
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,220 @@
+"""Targeted mutation check: does the test suite notice when the core code is wrong?
+
+Each mutant replaces one exact snippet of a core module (strategies, kernel references, blocks,
+model, checkpoint) with a plausible bug. For every mutant the script applies it to a temporary
+copy of the repository, runs the tests that cover that module (``pytest -x``: the first failure
+kills the mutant) and restores the file. A mutant that every test passes *survives*: either a
+test is missing or the mutant does not change behaviour (then say why in ``EQUIVALENT``).
+
+    python scripts/mutants.py                 # all mutants against the working tree
+    python scripts/mutants.py --ref main      # the same mutants against another commit's code and tests
+    python scripts/mutants.py --only model    # mutants whose name contains "model"
+
+Not run in CI (it is slow); run it after changing a core module or its tests. A snippet that no
+longer occurs exactly once is reported as stale, so the list cannot silently rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Fast files first: with -x most mutants die in the first seconds; test_model.py (compiles) runs last.
+MODEL_TESTS = ("tests/test_reference_model.py", "tests/test_value_strategies.py", "tests/test_analyze.py",
+               "tests/test_fused_qkv_gate.py", "tests/test_model.py")
+DENSE_TESTS = ("tests/test_reference_model.py", "tests/test_dense_strategies.py", "tests/test_model.py")
+KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests/test_value_strategies.py",
+                "tests/test_dense_strategies.py")
+CKPT_TESTS = ("tests/test_checkpoint.py",)
+
+
+class Mutant(NamedTuple):
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+STRATEGIES = "value_routing/strategies/"
+MUTANTS = [
+    # model
+    Mutant("model: V1 from layer 1", "recipes/model.py", "if i == 0:", "if i <= 1:", MODEL_TESTS),
+    Mutant("model: V1 detached", "recipes/model.py", "v1 = out.v_raw.contiguous() if", "v1 = out.v_raw.detach() if", MODEL_TESTS),
+    Mutant("model: finalize skipped", "recipes/model.py", "self.norm(self.strategy.finalize(x, state))", "self.norm(x)", DENSE_TESTS),
+    Mutant("model: cache length off by one", "recipes/model.py", "KVCache(cache.layers, offset + seq)",
+           "KVCache(cache.layers, offset + seq - (seq > 1))", MODEL_TESTS),
+    Mutant("model: output projections not scaled at init", "recipes/config.py",
+           "self.init_std / math.sqrt(2 * self.n_layers) if", "self.init_std if", MODEL_TESTS),
+    # blocks
+    Mutant("blocks: RMSNorm without eps", "blocks/layers.py", "keepdim=True) + self.eps)", "keepdim=True))", MODEL_TESTS),
+    Mutant("blocks: RoPE rotation sign", "blocks/layers.py", "x2 * c + x1 * s", "x2 * c - x1 * s", MODEL_TESTS),
+    Mutant("blocks: RoPE frequencies", "blocks/layers.py", "dtype=torch.float64) / head_dim)",
+           "dtype=torch.float64) / (head_dim + 2))", MODEL_TESTS),
+    Mutant("blocks: SwiGLU gate/up swapped", "blocks/layers.py", "F.silu(gate) * up", "F.silu(up) * gate", MODEL_TESTS),
+    Mutant("blocks: k normed with q_norm", "blocks/attention.py", "self.q_norm(q), self.k_norm(k)",
+           "self.q_norm(q), self.q_norm(k)", MODEL_TESTS),
+    Mutant("blocks: raw v in the KV cache", "blocks/attention.py", "cache.v[:, mask.q_offset : end] = v",
+           "cache.v[:, mask.q_offset : end] = v_raw", MODEL_TESTS),
+    Mutant("blocks: key stream not normed", "blocks/block.py", "else self.attn_norm(inp.k)", "else inp.k", DENSE_TESTS),
+    # static value residual
+    Mutant("static: lambda index shifted", STRATEGIES + "static_residual.py", "lam1[layer - 1].to(v.dtype)",
+           "lam1[layer - 2].to(v.dtype)", MODEL_TESTS),
+    Mutant("static: sigmoid instead of softmax", STRATEGIES + "static_residual.py",
+           "torch.softmax(self.lambda_logits, dim=0)", "torch.sigmoid(self.lambda_logits)", MODEL_TESTS),
+    Mutant("static: layer 1 unmixed", STRATEGIES + "static_residual.py", "if layer == 0:", "if layer <= 1:", MODEL_TESTS),
+    # selective gate
+    Mutant("satformer: last_k gates one layer fewer", STRATEGIES + "selective_gate.py",
+           "else n_layers - last_k", "else n_layers - last_k + 1", MODEL_TESTS),
+    Mutant("satformer: wrong gate index", STRATEGIES + "selective_gate.py", "proj = self.gates[layer - self.first_gated]",
+           "proj = self.gates[layer - 1]", MODEL_TESTS),
+    Mutant("satformer: bias dropped when fused", STRATEGIES + "selective_gate.py", "logits = logits + proj.bias",
+           "logits = logits", MODEL_TESTS),
+    # kernel references
+    Mutant("gate_mix: gate multiplies v", "value_routing/kernels/gate_mix.py",
+           "gate_activation(logits, act).unsqueeze(-1) * v1", "gate_activation(logits, act).unsqueeze(-1) * v", KERNEL_TESTS),
+    Mutant("gate_mix: softmax gate not scaled by heads", "value_routing/kernels/gate_mix.py",
+           ".to(logits.dtype) * heads", ".to(logits.dtype)", KERNEL_TESTS),
+    Mutant("depth_aggregate: weights transposed", "value_routing/kernels/depth_aggregate.py",
+           '"btsj,jbtd->sbtd", weights', '"btjs,jbtd->sbtd", weights', KERNEL_TESTS),
+    Mutant("depth_aggregate: static GEMM reads slot 0 only", "value_routing/kernels/depth_aggregate.py",
+           "weights[0, 0].to(states.dtype) @ states.flatten(1)",
+           "weights[0, 0].to(states.dtype)[:, :1] @ states.flatten(1)[:1]", KERNEL_TESTS),
+    # dense strategies and their state buffer
+    Mutant("dense: dilation counted from 0", STRATEGIES + "dense.py", "range(depth % self.dilation, depth + 1",
+           "range(0, depth + 1", DENSE_TESTS),
+    Mutant("dense: period offset", STRATEGIES + "dense.py", "if depth % self.period:", "if (depth + 1) % self.period:", DENSE_TESTS),
+    Mutant("dense: init not identity", STRATEGIES + "dense.py", "alpha[-1] = 1.0", "alpha[0] = 1.0", DENSE_TESTS),
+    Mutant("depth_states: slot gradient dropped", STRATEGIES + "depth_states.py", "return None, grad, None",
+           "return None, grad * 0, None", DENSE_TESTS),
+    Mutant("depth_states: static weight gradient transposed", STRATEGIES + "depth_states.py",
+           "(grad.flatten(1) @ states_g.flatten(1).T).view(weights.shape)",
+           "(states_g.flatten(1) @ grad.flatten(1).T).T.contiguous().view(weights.shape) * 0.5", DENSE_TESTS),
+    Mutant("depth_states: weighted sum skips the last state", STRATEGIES + "depth_states.py",
+           "for j in range(1, len(states)):", "for j in range(1, len(states) - 1):", DENSE_TESTS),
+    Mutant("mudd: q and k streams swapped", STRATEGIES + "mudd.py", "MuddState(states, (q, k, v))",
+           "MuddState(states, (k, q, v))", DENSE_TESTS),
+    Mutant("mudd: relu instead of gelu", STRATEGIES + "mudd.py", "F.gelu(self.w1[layer](x) * rstd)",
+           "F.relu(self.w1[layer](x) * rstd)", DENSE_TESTS),
+    Mutant("mudd: norm without eps", STRATEGIES + "mudd.py", "keepdim=True) + self.norm_eps).to(x.dtype)",
+           "keepdim=True)).to(x.dtype)", DENSE_TESTS),
+    Mutant("mudd: init on the oldest state", STRATEGIES + "mudd.py", "static[:, -1] = 1.0", "static[:, 0] = 1.0", DENSE_TESTS),
+    Mutant("hyper: init A_m on stream 0", STRATEGIES + "hyper_connections.py", "alpha[m % rate, 0] = 1.0",
+           "alpha[0, 0] = 1.0", DENSE_TESTS),
+    Mutant("hyper: mean of streams at the end", STRATEGIES + "hyper_connections.py", "hyper.sum(0).to(y.dtype)",
+           "hyper.mean(0).to(y.dtype)", DENSE_TESTS),
+    Mutant("hyper: s_beta scales alpha", STRATEGIES + "hyper_connections.py", "alpha = s_alpha * dyn", "alpha = s_beta * dyn",
+           DENSE_TESTS),
+    Mutant("hyper: block output without minus input", STRATEGIES + "hyper_connections.py",
+           "state.beta * (y - h).to(", "state.beta * (y - 0 * h).to(", DENSE_TESTS),
+    Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.norm_eps)",
+           "keepdim=True))", DENSE_TESTS),
+    Mutant("mudd authors: + X_i dropped", STRATEGIES + "mudd.py", "rms_normalize(summed, self.norm_eps) + y, states",
+           "rms_normalize(summed, self.norm_eps), states", DENSE_TESTS),
+    Mutant("mudd authors: pre-norm scales ignored", STRATEGIES + "mudd.py", "self.weights(layer, y), scales=pre)",
+           "self.weights(layer, y), scales=pre * 0 + 1)", DENSE_TESTS),
+    Mutant("hyper authors: norm scale g ignored", STRATEGIES + "hyper_connections.py",
+           "else self.proj[m] * self.norm_scale[m]", "else self.proj[m]", DENSE_TESTS),
+    Mutant("hyper authors: MLP reuses the attention connection", STRATEGIES + "hyper_connections.py",
+           "m = 2 * layer + sublayer + 1", "m = 2 * layer + 2 * sublayer", DENSE_TESTS),
+    # checkpoint
+    Mutant("checkpoint: resume skips the RNG restore", "recipes/train/checkpoint.py",
+           'set_rng_state(load_file(str(rng_path)), _metadata(rng_path)["rng"])', "None", CKPT_TESTS),
+    Mutant("checkpoint: RNG not restored", "recipes/train/checkpoint.py", "    torch.set_rng_state(tensors[\"torch\"])",
+           "    pass", CKPT_TESTS),
+    Mutant("checkpoint: numpy RNG not restored", "recipes/train/checkpoint.py", "    np.random.set_state(",
+           "    (lambda *a: None)(", CKPT_TESTS),
+    Mutant("checkpoint: python RNG not restored", "recipes/train/checkpoint.py", "    random.setstate(",
+           "    (lambda *a: None)(", CKPT_TESTS),
+    Mutant("checkpoint: optimizer state not loaded", "recipes/train/checkpoint.py", "if optimizer is not None:", "if False:",
+           CKPT_TESTS),
+    Mutant("checkpoint: keeps one too many", "recipes/train/checkpoint.py", "checkpoint_dirs(root)[:-keep]",
+           "checkpoint_dirs(root)[:-keep - 1]", CKPT_TESTS),
+    Mutant("checkpoint: oldest taken as latest", "recipes/train/checkpoint.py", "return dirs[-1] if dirs", "return dirs[0] if dirs",
+           CKPT_TESTS),
+]
+
+#: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
+#: mutant) and compiling takes most of the time. The compiled-only code (the unrolled weighted
+#: sum of the depth states) stays covered by the tests that select it with a mocked is_compiling.
+DESELECT = ("not compile_fullgraph and not compiled_model and not fused_model_compiles "
+            "and not dispatching_functions_compile")
+
+#: Survivors that do not change behaviour, with the reason.
+EQUIVALENT: dict[str, str] = {
+    "model: finalize skipped": "no registered strategy overrides the identity finalize hook",
+}
+
+
+def copy_tree(ref: str | None, dest: Path) -> None:
+    """The working tree's tracked and untracked-not-ignored files, or ``ref``'s tree."""
+    if ref is None:
+        files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+        for name in filter(None, files):
+            src = ROOT / name
+            if src.is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / name)
+    else:
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def run_mutant(m: Mutant, tree: Path, timeout: int) -> str:
+    """``killed``, ``survived``, ``stale`` (snippet not found exactly once) or ``timeout`` (counts as killed)."""
+    path = tree / m.path
+    if not path.is_file():
+        return "stale"
+    original = path.read_text()
+    if original.count(m.old) != 1:
+        return "stale"
+    tests = [t for t in m.tests if (tree / t).is_file()]
+    path.write_text(original.replace(m.old, m.new))
+    try:
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "VALUE_ROUTING_TYPECHECK": "1"}
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-k", DESELECT, *tests]
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+        return "survived" if proc.returncode == 0 else "killed"
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    finally:
+        path.write_text(original)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ref", default=None, help="a git commit/branch to test instead of the working tree")
+    p.add_argument("--only", default="", help="run only mutants whose name contains this text")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    args = p.parse_args(argv)
+    mutants = [m for m in MUTANTS if args.only in m.name]
+    results: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
+        tree = Path(tmp)
+        copy_tree(args.ref, tree)
+        for m in mutants:
+            start = time.perf_counter()
+            outcome = run_mutant(m, tree, args.timeout)
+            results.setdefault(outcome, []).append(m.name)
+            print(f"{outcome:>9}  {time.perf_counter() - start:6.1f} s  {m.name}", flush=True)
+    survived = results.get("survived", [])
+    print(f"\n{len(mutants)} mutants: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items())))
+    for name in survived:
+        print(f"  survived: {name}" + (f"  (equivalent: {EQUIVALENT[name]})" if name in EQUIVALENT else ""))
+    for name in results.get("stale", []):
+        print(f"  stale (snippet not found exactly once): {name}")
+    return 1 if any(n not in EQUIVALENT for n in survived) or results.get("stale") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The multi-seed study: statistics against hand-computed numbers, resume, keys, workers, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.builders import BUILDERS
+from recipes.data import embedded_corpus
+from recipes.experiments import study
+from recipes.experiments.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
+from recipes.experiments.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
+from recipes.eval.mqar import MQARConfig, train_mqar
+from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
+from recipes.train.optim import TrainConfig
+
+TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
+
+
+def _cfg(steps: int = 4, variants=("baseline", "satformer"), seeds=(0, 1), **kw) -> StudyConfig:
+    return StudyConfig(variants=tuple(VARIANTS[v] for v in variants), seeds=seeds, shape=Shape(32, 3, 2, 1),
+                       lm=Task(replace(TRAIN, steps=steps), corpus_bytes=200_000), curve_points=2, **kw)
+
+
+def _results(runs: list[dict]) -> dict[str, tuple]:
+    """What a run computed, by key (wall time excluded)."""
+    return {r["key"]: (r["val_loss"], r["curve"], r["params"]) for r in runs}
+
+
+# --- statistics, by hand --------------------------------------------------------------------
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 40), 50, 100, 1000]:
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-4), df
+
+
+def test_mean_ci_and_paired_delta_hand_computed():
+    base = {0: 2.00, 1: 2.10, 2: 1.90}
+    variant = {0: 1.97, 1: 2.08, 2: 1.86}  # differences -0.03, -0.02, -0.04
+    # unpaired: mean 1.97, deviations 0, +0.11, -0.11 -> sd = sqrt(2 * 0.0121 / 2) = 0.11
+    est = mean_ci(list(variant.values()))
+    assert est.mean == pytest.approx(1.97) and est.n == 3
+    assert est.half_width == pytest.approx(4.302653 * 0.11 / math.sqrt(3), rel=1e-6)  # 0.27326
+    # paired: mean -0.03, deviations 0, +0.01, -0.01 -> sd 0.01; 4.302653 * 0.01 / sqrt(3) = 0.024841
+    delta = paired_delta(variant, base)
+    assert delta.mean == pytest.approx(-0.03) and delta.half_width == pytest.approx(0.024841, abs=1e-6)
+    assert delta.sd == pytest.approx(0.01)
+    # only shared seeds pair; one pair has no interval
+    one = paired_delta({0: 1.5, 7: 9.0}, {0: 1.0, 5: 0.0})
+    assert one.mean == pytest.approx(0.5) and one.half_width is None and one.n == 1
+    assert paired_delta({1: 1.0}, {0: 1.0}) is None
+    with pytest.raises(ValueError, match="values must not be empty"):
+        mean_ci([])
+
+
+def _fake_run(task: str, name: str, seed: int, value: float) -> dict:
+    spec = {"task": task, "seed": seed, "variant": {"name": name},
+            "model": {"n_layers": 2, "d_model": 8, "n_heads": 2, "n_kv_heads": None, "qk_norm": True, "vocab_size": 8},
+            "train": {"steps": 3, "batch_size": 1, "seq_len": 4, "lr": 1e-3, "warmup": 1},
+            "mqar": {"vocab_size": 8, "num_kv_pairs": 2}}
+    metric = "val_loss" if task == "lm" else "accuracy"
+    return {metric: value, "spec": spec, "params": 1000, "seconds": 1.0, "curve": [[3, value]]}
+
+
+def test_summary_table_solve_rate_and_single_seed():
+    accs = {"baseline": [0.95, 0.5, 1.0], "static": [0.92, 0.9, 0.2]}
+    runs = [_fake_run("mqar", n, s, a) for n, values in accs.items() for s, a in enumerate(values)]
+    runs.append(_fake_run("lm", "baseline", 0, 2.0))
+    summary = summarize(runs)
+    static = summary["mqar"]["variants"]["static"]
+    assert static["solve_rate"] == pytest.approx(2 / 3)  # 0.92 and 0.9 reach the 0.9 threshold
+    assert static["delta"]["mean"] == pytest.approx((-0.03 + 0.4 - 0.8) / 3)
+    assert summary["mqar"]["budget"]["mqar_num_kv_pairs"] == 2 and summary["lm"]["budget"]["steps"] == 3
+    table = format_markdown(summary)
+    assert "| static | 3 | 0.00M | 0.6733 ± " in table and "| 2/3 |" in table and "acc ≥ 0.9" in table
+    assert "| baseline | 1 | 0.00M | 2.0000 ± n/a | - |" in table  # one seed: no interval
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+def test_resume_runs_only_the_unfinished_runs(tmp_path, monkeypatch):
+    calls: list[str] = []
+    real = study.run_one
+
+    def interrupted(spec):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(spec["variant"]["name"])
+        return real(spec)
+
+    monkeypatch.setattr(study, "run_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(_cfg(), tmp_path / "a", progress=False)
+    assert len(load_runs(tmp_path / "a" / "runs.jsonl")) == 2
+    with open(tmp_path / "a" / "runs.jsonl", "a") as f:
+        f.write('{"key": "torn')  # a process killed mid-write
+    calls.clear()
+    monkeypatch.setattr(study, "run_one", lambda spec: calls.append(spec["seed"]) or real(spec))
+    resumed = study.run_study(_cfg(), tmp_path / "a", progress=False)
+    assert calls == [1, 1]  # seed 0's two runs had finished
+    monkeypatch.setattr(study, "run_one", real)
+    fresh = study.run_study(_cfg(), tmp_path / "b", progress=False)
+    assert len(resumed) == 4 and _results(resumed) == _results(fresh)
+    assert _results(load_runs(tmp_path / "a" / "runs.jsonl")) == _results(fresh)
+
+
+def test_changed_settings_do_not_reuse_results(tmp_path, monkeypatch):
+    study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
+    calls: list[str] = []
+    real = study.run_one
+    monkeypatch.setattr(study, "run_one", lambda spec: calls.append(spec["variant"]["name"]) or real(spec))
+    study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
+    assert calls == []
+    study.run_study(_cfg(steps=5, seeds=(0,)), tmp_path, progress=False)
+    assert calls == ["baseline", "satformer"]
+    study.run_study(_cfg(steps=5, seeds=(0,), variants=("baseline", "satformer-sigmoid")), tmp_path, progress=False)
+    assert calls == ["baseline", "satformer", "satformer-sigmoid"]
+
+
+def test_two_workers_give_bit_identical_results(tmp_path):
+    cfg = _cfg(steps=3)
+    one = study.run_study(cfg, tmp_path / "w1", workers=1, progress=False)
+    two = study.run_study(cfg, tmp_path / "w2", workers=2, progress=False)
+    assert _results(one) == _results(two)
+
+
+def test_same_seed_same_init_and_data_as_the_demo():
+    """A study run reproduces the demo's training exactly: the seed alone fixes init and data."""
+    train, val = embedded_corpus(200_000)
+    cfg = TrainConfig(steps=3, batch_size=2, seq_len=32, warmup=1, eval_batches=1, seed=3)
+    shape = Shape(128, 4, 4, 2, paper_arch=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the study's runs
+    for name in ("baseline", "satformer"):
+        model = study_model_config(VARIANTS[name], shape, 256, 512)
+        assert model == BUILDERS[name]("tiny")
+        spec = {"task": "lm", "model": model.__dict__, "train": cfg.__dict__, "corpus_bytes": 200_000, "curve_points": 3}
+        got = study.run_one(spec)
+        assert got["val_loss"] == train_one(BUILDERS[name]("tiny"), cfg, train, val).val_loss
+        assert len(got["curve"]) == 3
+    task = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
+    cfg = replace(cfg, seq_len=16)
+    dims = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1)
+    model = study_model_config(VARIANTS["satformer"], Shape(**dims, paper_arch=False), 16, 16)
+    spec = {"task": "mqar", "model": model.__dict__, "train": cfg.__dict__, "mqar": task.__dict__, "curve_points": 3}
+    assert study.run_one(spec)["accuracy"] == train_mqar("satformer", task, cfg, **dims).accuracy
+    torch.set_num_threads(threads)
+
+
+def test_report_only_rerenders_from_the_jsonl(tmp_path):
+    study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
+    (tmp_path / "results.md").unlink(missing_ok=True)
+    summary = study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])
+    assert set(summary["lm"]["variants"]) == {"baseline", "satformer"}
+    text = (tmp_path / "results.md").read_text()
+    assert "± n/a" in text and "paired Δ vs baseline" in text
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    paths = study_report_plots(tmp_path)
+    assert {p.name for p in paths} == {"curves_lm.png", "delta_lm.png"} and all(p.stat().st_size for p in paths)
+
+
+def study_report_plots(out: Path) -> list[Path]:
+    from recipes.experiments.study_report import plot
+
+    runs = load_runs(out / "runs.jsonl")
+    return plot(summarize(runs), runs, out)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(variants=("satformer",)), "must include the baseline 'baseline'"),
+    (dict(seeds=()), "seeds must be non-empty"),
+    (dict(seeds=(0, 0)), "seeds must be non-empty, unique"),
+    (dict(variants=("baseline", "baseline")), "unique names"),
+])
+def test_bad_study_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kwargs)
+
+
+def test_bad_settings_fail_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        replace(_cfg(), shape=Shape(30, 3, 4, 1))
+    with pytest.raises(ValueError, match="last_k must be None or in"):
+        _cfg(variants=("baseline", "satformer-last4"))  # 3 layers: at most last_k = 2
+    with pytest.raises(ValueError, match=r"train.seq_len \(16\) must equal mqar.seq_len \(32\)"):
+        Task(TRAIN, MQARConfig(vocab_size=16, seq_len=32, num_kv_pairs=2))
+    with pytest.raises(ValueError, match="variants must be among .* got unknown \\['nope'\\]"):
+        _cfg().override(variants=["baseline", "nope"])
+    with pytest.raises(ValueError, match="tasks must be among this preset's \\('lm',\\)"):
+        _cfg().override(tasks=["mqar"])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        study.run_study(_cfg(), tmp_path, workers=0)
+    with pytest.raises(SystemExit, match="--workers must be >= 1"):
+        study.main(["--preset", "smoke", "--workers", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="variants must be among"):
+        study.main(["--preset", "smoke", "--variants", "baseline", "sat", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="no finished runs"):
+        study.main(["--report-only", "--out", str(tmp_path / "empty")])
+    assert not (tmp_path / "runs.jsonl").exists() or not load_runs(tmp_path / "runs.jsonl")
+
+
+def test_smoke_preset_runs_end_to_end(tmp_path):
+    summary = study.main(["--preset", "smoke", "--out", str(tmp_path), "--no-plots"])
+    assert set(summary) == {"lm", "mqar"} and summary["mqar"]["variants"]["satformer"]["delta"]["n"] == 2
+    assert len(load_runs(tmp_path / "runs.jsonl")) == 8
+
+
+def test_demo_reads_the_noise_of_its_exact_budget(tmp_path):
+    cfg = _cfg(seeds=(0, 1, 2), variants=("baseline", "satformer", "static"))
+    runs = study.run_study(cfg, tmp_path, progress=False)
+    from recipes.experiments.study_report import write_report
+
+    write_report(tmp_path, plots=False)
+    model = study_model_config(VARIANTS["baseline"], cfg.shape, 256, 512)
+    train = replace(cfg.lm.train, seed=5)  # the demo's seed is not part of the budget
+    noise = study_noise("lm", train, model, tmp_path / "summary.json")
+    assert set(noise) == {"baseline", "satformer", "static"}
+    assert study_noise("lm", replace(train, steps=5), model, tmp_path / "summary.json") is None
+    assert study_noise("lm", train, replace(model, n_layers=4), tmp_path / "summary.json") is None
+    assert study_noise("lm", train, model, tmp_path / "missing.json") is None
+    # the pooled single-seed SD of the paired Δ, by hand from the runs
+    loss = {(r["spec"]["variant"]["name"], r["spec"]["seed"]): r["val_loss"] for r in runs}
+    var = []
+    for name in ("satformer", "static"):
+        d = [loss[name, s] - loss["baseline", s] for s in range(3)]
+        m = sum(d) / 3
+        var.append(sum((x - m) ** 2 for x in d) / 2)
+    assert f"SD ≈ {math.sqrt(sum(var) / 2):.3f}" in noise_note(noise)
+    results = [RunResult(n, 1000, loss[n, 0], 1.0) for n in ("baseline", "satformer", "static")]
+    table = format_table(results, noise=noise)
+    assert "Δ 3 seeds" in table and "tok/s" not in table
+    sat = noise["satformer"]["delta"]
+    assert f"{sat['mean']:+.3f}±{sat['half_width']:.3f}" in table.splitlines()[2]
+    assert "not measured" in noise_note(None) and "recipes.bench" in noise_note(None)
+
+
+def test_lm_only_variants_skip_mqar_and_mixed_settings_are_refused(tmp_path):
+    mqar = Task(replace(TRAIN, seq_len=16), MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2))
+    cfg = replace(_cfg(seeds=(0,), variants=("baseline", "satformer", "satformer-sigmoid")), mqar=mqar,
+                  lm_only=("satformer-sigmoid",))
+    cells = [(s["task"], s["variant"]["name"]) for s in study.plan(cfg)]
+    assert ("lm", "satformer-sigmoid") in cells and ("mqar", "satformer-sigmoid") not in cells and len(cells) == 5
+    with pytest.raises(ValueError, match="lm_only must name non-baseline variants"):
+        replace(cfg, lm_only=("baseline",))
+    assert cfg.override(variants=["baseline", "satformer"]).lm_only == ()
+    study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
+    runs = study.run_study(_cfg(steps=5, seeds=(0,)), tmp_path, progress=False)
+    assert len(runs) == 2 and len(load_runs(tmp_path / "runs.jsonl")) == 4
+    from recipes.experiments.study_report import write_report
+
+    assert write_report(tmp_path, plots=False, runs=runs)["lm"]["budget"]["steps"] == 5
+    with pytest.raises(ValueError, match="mixes studies"):
+        study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])
+
+
+def test_demo_preset_runs_exactly_the_demo():
+    """--preset demo measures the noise of the demo's own settings (models, budget, data), per seed."""
+    from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, mqar_model_config
+    from recipes.experiments.study_config import demo_preset
+    from recipes.config import ModelConfig
+
+    specs = study.plan(demo_preset())
+    assert len(specs) == 4 * 2 * len(BUILDERS)
+    for spec in specs:
+        name, seed, model = spec["variant"]["name"], spec["seed"], ModelConfig(**spec["model"])
+        if spec["task"] == "lm":
+            assert model == BUILDERS[name]("tiny") and spec["corpus_bytes"] == 4_000_000
+            assert TrainConfig(**spec["train"]) == TrainConfig(seed=seed)
+        else:
+            assert model == mqar_model_config(name, DEMO_TASK, **DEMO_MODEL)
+            assert TrainConfig(**spec["train"]) == replace(DEMO_TRAIN, seed=seed)
+            assert MQARConfig(**spec["mqar"]) == DEMO_TASK
