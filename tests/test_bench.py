@@ -118,3 +118,5 @@ def test_lean_bench_quick_writes_rows_for_every_variant(tmp_path):
         assert r["peak_bytes"] > 0 and r["ms_per_step"] > 0 and math.isfinite(r["rel_time"])
     assert all(r["rel_time"] == 1.0 and r["saved_gb"] == 0.0 for r in rows if r["variant"] == "plain")
     assert "activation_cut_vs_chunked" in rows[2]
+    assert report["config"] == {"size": "tiny", "strategy": "satformer", "batch": 1, "seq_lens": [32, 64],
+                                "rounds": 2, "threads": 2}

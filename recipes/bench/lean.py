@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seq in seqs:
         rows += measure_seq(size, args.strategy, seq, args.batch, rounds, layers)
         print(f"  seq {seq} done after {time.perf_counter() - t0:.0f} s", flush=True)
-    report = {"machine": machine, "size": size, "strategy": args.strategy, "batch": args.batch, "rounds": rounds,
-              "loadavg_end": os.getloadavg(), "seconds": time.perf_counter() - t0, "rows": rows}
+    config = {"size": size, "strategy": args.strategy, "batch": args.batch, "seq_lens": seqs, "rounds": rounds,
+              "threads": args.threads}
+    report = {"machine": machine, "config": config, "loadavg_end": os.getloadavg(),
+              "seconds": time.perf_counter() - t0, "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=1)
