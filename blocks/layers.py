@@ -36,12 +36,15 @@ def rope_tables(
 
 def apply_rope(
     x: Float[Tensor, "batch seq heads head_dim"],
-    cos: Float[Tensor, "seq half"],
-    sin: Float[Tensor, "seq half"],
+    cos: Float[Tensor, "*#batch seq half"],
+    sin: Float[Tensor, "*#batch seq half"],
 ) -> Float[Tensor, "batch seq heads head_dim"]:
-    """Rotate channel pairs ``(i, i + half)`` by position-dependent angles (NeoX layout)."""
+    """Rotate channel pairs ``(i, i + half)`` by position-dependent angles (NeoX layout).
+
+    The tables are ``(seq, half)`` when every row shares its positions, ``(batch, seq, half)``
+    when they differ per row (padded batches)."""
     x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
-    c, s = cos[:, None, :], sin[:, None, :]
+    c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 

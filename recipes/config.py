@@ -69,6 +69,8 @@ class ModelConfig:
     attention_backend: str = "auto"
     #: Fold the strategy's extra projection (SATFormer's ``W_α``) into each block's QKV GEMM.
     fuse_gate_projection: bool = False
+    #: Recompute each block in backward instead of keeping its activations (training only).
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_min(self, 1, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
@@ -89,8 +91,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_choice(self, "strategy", STRATEGIES)
         check_choice(self, "attention_backend", BACKENDS)
-        if not isinstance(self.fuse_gate_projection, bool):
-            raise ValueError(f"fuse_gate_projection must be True or False, got {self.fuse_gate_projection!r}")
+        for name in ("fuse_gate_projection", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self._check_strategy_options()
 
     def _check_strategy_options(self) -> None:

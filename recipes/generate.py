@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from recipes.inputs import check_attention_mask, check_tokens
 from recipes.model import CausalLM, KVCache
 from value_routing.typing import Int, Tensor
 
@@ -16,8 +17,17 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: Tensor | None = None,
 ) -> Int[Tensor, "batch total_len"]:
-    """Extend ``prompt`` by ``max_new_tokens`` tokens (greedy when ``temperature == 0``)."""
+    """Extend ``prompt`` by ``max_new_tokens`` tokens (greedy when ``temperature == 0``).
+
+    ``attention_mask (batch, prompt_len)`` (1 = real token, 0 = padding) batches prompts of
+    different lengths, padded on the left or the right: every row continues exactly as it would
+    alone, the new tokens appended after column ``prompt_len``.
+    """
+    check_tokens(prompt, model.cfg.vocab_size)
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, prompt)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
@@ -29,14 +39,22 @@ def generate(
     dtype = next(model.parameters()).dtype
     cache = KVCache.allocate(model.cfg, batch, total, prompt.device, dtype)
     tokens = prompt
-    logits, cache = model(prompt, cache=cache)
+    logits, cache = model(prompt, cache=cache, attention_mask=attention_mask, validate=False)
+    last = logits[:, -1] if attention_mask is None else logits[torch.arange(batch), last_real(attention_mask)]
     for _ in range(max_new_tokens):
-        nxt = sample(logits[:, -1], temperature, top_k, generator)
+        nxt = sample(last, temperature, top_k, generator)
         tokens = torch.cat((tokens, nxt[:, None]), dim=1)
         if tokens.shape[1] == total:
             break
-        logits, cache = model(nxt[:, None], cache=cache)
+        logits, cache = model(nxt[:, None], cache=cache, validate=False)  # sampled ids are in range
+        last = logits[:, -1]
     return tokens
+
+
+def last_real(attention_mask: Tensor) -> Int[Tensor, " batch"]:
+    """Column of each row's last real token (right padding puts it before the end)."""
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return torch.where(attention_mask != 0, columns, -1).argmax(1)
 
 
 def sample(

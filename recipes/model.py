@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from blocks import LayerCache, RMSNorm, TransformerBlock, rope_tables
 from recipes.config import ModelConfig
+from recipes.inputs import check_attention_mask, check_targets, check_tokens
 from value_routing.attention import AttentionMask, get_backend
+from value_routing.kernels import linear_cross_entropy
 from value_routing.strategies import build_strategy
-from value_routing.typing import Float, Int, Tensor, shapecheck
+from value_routing.typing import Bool, Float, Int, Shaped, Tensor, shapecheck
 
 
 @dataclass(frozen=True)
 class KVCache:
-    """Preallocated per-layer keys/values and how many positions are filled.
+    """Preallocated per-layer keys/values, which cached positions are real tokens, and how many are filled.
 
     Forward passes write into the buffers and return a cache with the advanced ``length``;
-    the buffers themselves are shared, so keep using the returned cache.
+    the buffers themselves are shared, so keep using the returned cache. ``keep (batch, max_len)``
+    records the attention mask of every cached token (True = real, False = padding); ``padded``
+    turns on once a forward brought padding, so unpadded decoding keeps the plain causal path.
     """
 
     layers: tuple[LayerCache, ...]
     length: int = 0
+    keep: Bool[Tensor, "batch max_len"] | None = None
+    padded: bool = False
 
     @classmethod
     def allocate(
@@ -40,7 +48,7 @@ class KVCache:
             LayerCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(cfg.n_layers)
         )
-        return cls(layers, 0)
+        return cls(layers, 0, torch.ones(batch, max_len, dtype=torch.bool, device=device))
 
     @property
     def capacity(self) -> int:
@@ -89,27 +97,68 @@ class CausalLM(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.embed.weight.numel() if exclude_embedding else n
 
-    @shapecheck
+    @property
+    def head_weight(self) -> Float[Tensor, "vocab dim"]:
+        """The LM head's weight: the embedding matrix when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def forward(
         self,
         tokens: Int[Tensor, "batch seq"],
         *,
+        attention_mask: Tensor | None = None,
         cache: KVCache | None = None,
         seq_lens: Sequence[int] | None = None,
-    ) -> LMOutput:
-        """Logits for every position.
+        targets: Int[Tensor, "batch seq"] | None = None,
+        validate: bool = True,
+    ) -> LMOutput | Float[Tensor, ""]:
+        """Logits for every position or, given ``targets``, the mean cross-entropy loss.
 
-        With ``cache`` the tokens continue the cached sequence and the returned cache holds
-        them too. ``seq_lens`` packs documents into a batch of one (block-diagonal causal
-        attention, RoPE positions restarting per document).
+        ``targets`` (next-token ids, ``-100`` ignored) return the loss of the LM head computed
+        in token chunks (:func:`~value_routing.kernels.linear_cross_entropy`): the full
+        ``(batch, seq, vocab)`` logits never exist, in forward or backward.
+
+        ``attention_mask (batch, seq)``: 1 for real tokens, 0 for padding (left, right or both);
+        padding keys are hidden from every query and rotary positions count real tokens only, so
+        each row's real tokens get the logits they would get alone. Logits at padding positions
+        are meaningless. With ``cache`` the tokens continue the cached sequence and the returned
+        cache holds them (and their mask) too. ``seq_lens`` packs documents into a batch of one
+        (block-diagonal causal attention, RoPE positions restarting per document).
+
+        ``validate`` checks token ids and the mask eagerly (a ValueError naming the argument;
+        one host sync); it is skipped inside ``torch.compile``. Decoding loops that feed back
+        sampled ids may turn it off.
         """
+        if validate and not torch.compiler.is_compiling():
+            check_tokens(tokens, self.cfg.vocab_size)
+            if attention_mask is not None:
+                past = None if cache is None or cache.keep is None else cache.keep[:, : cache.length]
+                check_attention_mask(attention_mask, tokens, past)
+            if targets is not None:
+                check_targets(targets, tokens, self.cfg.vocab_size)
+        hidden, new_cache = self.hidden_states(tokens, attention_mask=attention_mask, cache=cache, seq_lens=seq_lens)
+        if targets is not None:
+            return linear_cross_entropy(hidden.flatten(0, 1), self.head_weight, targets.flatten())
+        return LMOutput(hidden @ self.head_weight.t(), new_cache)
+
+    @shapecheck
+    def hidden_states(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        *,
+        attention_mask: Shaped[Tensor, "batch seq"] | None = None,
+        cache: KVCache | None = None,
+        seq_lens: Sequence[int] | None = None,
+    ) -> tuple[Float[Tensor, "batch seq dim"], KVCache | None]:
+        """The final-norm hidden states the LM head reads (see :meth:`forward`; no input checks)."""
         batch, seq = tokens.shape
         offset = 0 if cache is None else cache.length
         if cache is not None and offset + seq > cache.capacity:
             raise ValueError(f"cache overflow: {offset} cached + {seq} new tokens > capacity {cache.capacity}")
         if offset + seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {offset + seq} exceeds max_seq_len {self.cfg.max_seq_len}")
-        mask = AttentionMask(offset, None if seq_lens is None else tuple(int(n) for n in seq_lens))
+        keep = _key_keep(tokens, attention_mask, cache, seq_lens is not None)
+        mask = AttentionMask(offset, None if seq_lens is None else tuple(int(n) for n in seq_lens), keep)
         mask.check(batch, seq, offset + seq)
         positions = mask.positions(seq, tokens.device)
         rope = (self.rope_cos[positions], self.rope_sin[positions])
@@ -118,9 +167,12 @@ class CausalLM(nn.Module):
         x = self.embed(tokens)
         state = self.strategy.init_state(x)
         v1 = None
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
             inp = self.strategy.block_input(i, x, state)
-            out = block(
+            # Checkpointing keeps only each block's inputs; the strategies' depth state lives outside it.
+            run = functools.partial(checkpoint, block, use_reentrant=False) if recompute else block
+            out = run(
                 inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
                 cache=None if cache is None else cache.layers[i],
                 extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,
@@ -130,10 +182,32 @@ class CausalLM(nn.Module):
                 v1 = out.v_raw.contiguous() if self.strategy.uses_v1 else out.v_raw
             x, state = self.strategy.block_output(i, out.y, out.state)
         x = self.norm(self.strategy.finalize(x, state))
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = x @ weight.t()
-        new_cache = None if cache is None else KVCache(cache.layers, offset + seq)
-        return LMOutput(logits, new_cache)
+        new_cache = None if cache is None else KVCache(cache.layers, offset + seq, cache.keep, keep is not None)
+        return x, new_cache
+
+
+def _key_keep(
+    tokens: Tensor, attention_mask: Tensor | None, cache: KVCache | None, packed: bool
+) -> Tensor | None:
+    """Which keys are real tokens ``(batch, kv_len)``, or ``None`` when nothing is padded.
+
+    The new tokens' mask is recorded in the cache, so later steps (which pass no mask) still
+    hide the padding of the prompt.
+    """
+    offset = 0 if cache is None else cache.length
+    end = offset + tokens.shape[1]
+    padded = attention_mask is not None or (cache is not None and cache.padded)
+    if padded and packed:
+        raise ValueError("attention_mask (padding) cannot be combined with seq_lens (packed documents)")
+    if cache is not None and cache.keep is None:
+        if padded:
+            raise ValueError("attention_mask with a cache needs the cache's mask buffer: use KVCache.allocate")
+        return None
+    new = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask != 0
+    if cache is not None:
+        cache.keep[:, offset:end] = new  # always: a later padded step must see these as real
+        return cache.keep[:, :end] if padded else None
+    return new if padded else None
 
 
 class _LayerMix:

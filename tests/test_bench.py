@@ -105,3 +105,18 @@ def test_plot_handles_compiled_rows(tmp_path):
     ]
     plot_sweep(rows, str(tmp_path / "p.png"), title="t")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_lean_bench_quick_writes_rows_for_every_variant(tmp_path):
+    from recipes.bench import lean
+
+    report = lean.main(["--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert rows == json.loads(json.dumps(report["rows"]))
+    assert [(r["seq_len"], r["variant"]) for r in rows] == [(s, v) for s in (32, 64) for v in lean.VARIANTS]
+    for r in rows:
+        assert r["peak_bytes"] > 0 and r["ms_per_step"] > 0 and math.isfinite(r["rel_time"])
+    assert all(r["rel_time"] == 1.0 and r["saved_gb"] == 0.0 for r in rows if r["variant"] == "plain")
+    assert "activation_cut_vs_chunked" in rows[2]
+    assert report["config"] == {"size": "tiny", "strategy": "satformer", "batch": 1, "seq_lens": [32, 64],
+                                "rounds": 2, "threads": 2}

@@ -166,6 +166,56 @@ def test_load_model_rebuilds_the_same_network(tmp_path):
     torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=0, atol=0)
 
 
+def _truncate(file):
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip_a_byte(file):
+    data = bytearray(file.read_bytes())
+    data[-5] ^= 0xFF  # inside the tensor data: the header still parses
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, file, reason", [
+    (_truncate, "model.safetensors", "truncated"),
+    (_flip_a_byte, "optimizer.safetensors", "SHA-256"),
+    (lambda f: f.write_text('{"step": 3, '), "state.json", "not valid JSON"),
+    (lambda f: f.unlink(), "rng_rank0.safetensors", "missing"),
+    (lambda f: f.unlink(), "state.json", "incomplete"),
+])
+def test_damaged_checkpoints_are_skipped_and_named(tmp_path, damage, file, reason):
+    torch.manual_seed(0)
+    cfg = satformer("tiny", **TINY_CFG)
+    model = CausalLM(cfg)
+    opt = make_optimizer(model, TrainConfig())
+    from dataclasses import asdict
+
+    for step in (2, 3):
+        ckpt.save_checkpoint(tmp_path, step, model, opt, {"samples": step}, model_config=asdict(cfg))
+    newest = tmp_path / "step_00000003"
+    assert set(json.loads((newest / "state.json").read_text())["files"]) == {
+        "model.safetensors", "optimizer.safetensors", "rng_rank0.safetensors"}
+    damage(newest / file)
+    with pytest.raises(ValueError, match=f"{re.escape(str(newest / file))}: .*{reason}"):
+        ckpt.verify_checkpoint(newest)
+    with pytest.raises(ValueError, match=re.escape(str(newest / file))):
+        ckpt.load_checkpoint(newest, model, opt)
+    if (newest / "state.json").exists() or file == "model.safetensors":  # a dir without state.json is a bare model
+        with pytest.raises(ValueError, match=re.escape(str(newest / file))):
+            ckpt.load_model(newest)
+    path, skipped = ckpt.resumable_checkpoint(tmp_path)
+    assert path == tmp_path / "step_00000002" and [p for p, _ in skipped] == [newest]
+    assert reason in skipped[0][1] and newest.is_dir()  # skipped, not deleted
+    assert ckpt.load_checkpoint(path, model, opt)["step"] == 2
+
+    damage2 = tmp_path / "step_00000002" / "model.safetensors"
+    _truncate(damage2)
+    with pytest.raises(ValueError, match="no valid checkpoint .*nothing was deleted.*step_00000002"):
+        ckpt.resumable_checkpoint(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000003"]
+    assert ckpt.resumable_checkpoint(tmp_path / "empty") == (None, [])
+
+
 def test_no_pickle_anywhere_in_the_recipes():
     for path in (ROOT / "recipes").glob("*.py"):
         text = path.read_text()
@@ -192,7 +242,7 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while not (killed_log.exists() and '"event": "checkpoint"' in killed_log.read_text()):
+        while not (killed_log.exists() and killed_log.read_text().count('"event": "checkpoint"') >= 2):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
@@ -204,12 +254,16 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path):
     killed = _steps(killed_log)
     assert all(killed[s] == full[s] for s in killed if s <= stop)
 
+    # Damage the newest checkpoint: resume must skip it (naming the file) and use the one before.
+    newest = ckpt.checkpoint_dirs(tmp_path / "ck")[-1]
+    (newest / "model.safetensors").write_bytes((newest / "model.safetensors").read_bytes()[:100])
     resumed_log = tmp_path / "resumed.jsonl"
     done = subprocess.run([*run, "--resume", "--stop-after", str(stop), "--log-file", str(resumed_log)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"skipping damaged checkpoint {newest}: {newest / 'model.safetensors'}" in done.stderr
     start = next(json.loads(line)["step"] for line in resumed_log.read_text().splitlines() if '"resume"' in line)
-    assert 3 <= start < stop and start % 3 == 0
+    assert 3 <= start < stop and start % 3 == 0 and start < int(newest.name[5:])
     resumed = _steps(resumed_log)
     assert sorted(resumed) == list(range(start + 1, stop + 1))
     assert [resumed[s] for s in resumed] == [full[s] for s in resumed]  # bit-identical, not just close

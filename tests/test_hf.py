@@ -23,7 +23,12 @@ DIMS = dict(vocab_size=256, d_model=32, n_layers=3, n_heads=2, n_kv_heads=1, max
 
 
 def tiny(strategy: str = "satformer", **overrides) -> CausalLM:
-    return CausalLM(BUILDERS[strategy]("tiny", **{**DIMS, **overrides})).eval()
+    torch.manual_seed(0)
+    model = CausalLM(BUILDERS[strategy]("tiny", **{**DIMS, **overrides})).eval()
+    with torch.no_grad():  # an initialised model's greedy choice barely depends on the context
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
 
 
 def test_config_round_trip_and_auto_registration(tmp_path):
@@ -115,13 +120,37 @@ def test_labels_give_the_shifted_next_token_loss():
     torch.testing.assert_close(hf(tokens, labels=labels).loss, want)
 
 
-def test_padding_and_foreign_caches_are_rejected():
+@pytest.mark.parametrize("strategy", sorted(BUILDERS))
+def test_padded_generate_and_forward_equal_each_prompt_alone(strategy):
+    model = tiny(strategy).double()
+    hf = SATForCausalLM.from_causal_lm(model).eval()
+    prompts = [torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n)) for n in (6, 2, 4)]
+    batch = torch.zeros(3, 6, dtype=torch.long)
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    for row, p in enumerate(prompts):  # left padding, the generate() convention
+        batch[row, 6 - len(p) :], mask[row, 6 - len(p) :] = p, 1
+    out = hf.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    no_cache = hf.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=False)
+    logits = hf(batch, attention_mask=mask).logits
+    for row, p in enumerate(prompts):
+        alone = generate(model, p[None], 8)[0, len(p) :]
+        assert torch.equal(out[row, 6:], alone) and torch.equal(no_cache[row, 6:], alone)
+        torch.testing.assert_close(logits[row, 6 - len(p) :], model(p[None]).logits[0], rtol=1e-10, atol=1e-10)
+
+
+def test_bad_inputs_and_foreign_caches_are_rejected():
     hf = SATForCausalLM.from_causal_lm(tiny())
     prompt = torch.randint(0, 256, (2, 4))
-    mask = torch.ones_like(prompt)
-    mask[0, 0] = 0
-    with pytest.raises(ValueError, match="attention_mask"):
-        hf.generate(prompt, attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"tokens must be ids in \[0, vocab_size\) = \[0, 256\), got 300"):
+        hf(torch.tensor([[300, 1]]))
+    with pytest.raises(ValueError, match="tokens must have an integer dtype"):
+        hf(prompt.float())
+    with pytest.raises(ValueError, match="tokens must be ids"):
+        hf.generate(torch.tensor([[5, 256]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        hf(prompt, attention_mask=torch.full_like(prompt, 2))
+    with pytest.raises(ValueError, match="hold only padding"):
+        hf(prompt, attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]))
     with pytest.raises(ValueError, match="past_key_values must be a SATCache"):
         hf(prompt, past_key_values=object())
     with pytest.raises(ValueError, match="output_hidden_states=True is not supported"):

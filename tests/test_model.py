@@ -169,7 +169,7 @@ def test_shape_checker_catches_wrong_shapes():
     with pytest.raises(TypeCheckError):
         gate_mix_reference(v, v, torch.randn(1, 4, 3), "relu")
     with pytest.raises(TypeCheckError):
-        model_for(tiny())(torch.zeros(8, dtype=torch.long))
+        model_for(tiny()).hidden_states(torch.zeros(8, dtype=torch.long))  # forward raises a ValueError first
 
 
 def test_builders_cover_every_size_and_small_is_128m():

@@ -13,10 +13,10 @@ import os
 from typing import Callable, TypeVar
 
 import torch
-from jaxtyping import Bool, Float, Int, jaxtyped
+from jaxtyping import Bool, Float, Int, Shaped, jaxtyped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Tensor", "shapecheck", "TYPECHECK_ENABLED"]
+__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "shapecheck", "TYPECHECK_ENABLED"]
 
 TYPECHECK_ENABLED: bool = os.environ.get("VALUE_ROUTING_TYPECHECK", "0") == "1"
 

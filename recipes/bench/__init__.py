@@ -1,4 +1,5 @@
 """Benchmarks that print ratios measured side by side in one run: every strategy's train step vs the
 baseline (:mod:`~recipes.bench.step`, ``python -m recipes.bench``) and the dense strategies' routing
-alone (:mod:`~recipes.bench.depth`); :mod:`~recipes.bench.measure`, :mod:`~recipes.bench.report` and
+alone (:mod:`~recipes.bench.depth`), the memory-lean train step vs the plain one
+(:mod:`~recipes.bench.lean`); :mod:`~recipes.bench.measure`, :mod:`~recipes.bench.report` and
 :mod:`~recipes.bench.counters` are their shared measuring, reporting and hardware-counter parts."""

@@ -1,8 +1,9 @@
 """An lm-evaluation-harness model for our language models, registered as ``"value_routing"``.
 
 Scores with :class:`recipes.model.CausalLM` directly (one forward per batch of requests,
-right-padded: causal attention makes the padding invisible to real tokens) and generates
-with its KV cache. Works with the :class:`~recipes.data.ByteTokenizer` or any tokenizer
+length-sorted and right-padded: causal attention makes the padding invisible to real tokens) and
+generates with its KV cache (batches of requests with the same options, length-sorted and
+left-padded with an attention mask). Works with the :class:`~recipes.data.ByteTokenizer` or any tokenizer
 with ``encode`` / ``decode`` (a ``transformers`` tokenizer is called without special tokens)::
 
     from lm_eval import simple_evaluate
@@ -163,41 +164,72 @@ class ValueRoutingLM(TemplateLM):
 
     # ---- generation ---------------------------------------------------------------------
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
-            context, gen_kwargs = req.args
-            text = self._generate_one(context, dict(gen_kwargs))
-            self.cache_hook.add_partial("generate_until", req.args, text)
-            out.append(text)
+        """Continuations, ``batch_size`` requests at a time: requests with the same options are
+        sorted by prompt length and left-padded; greedy results equal one-at-a-time decoding."""
+        jobs = [(self._gen_options(dict(req.args[1])), req.args[0]) for req in requests]
+        prompts = []
+        for (_until, max_new, _temperature, _top_k), context in jobs:
+            prompts.append((self.tok_encode(context) or [self.prefix_token_id])[-(self.max_length - max_new) :])
+        order = sorted(range(len(jobs)), key=lambda i: (repr(jobs[i][0]), -len(prompts[i])))
+        out: list[str] = [""] * len(jobs)
+        bar = tqdm(total=len(jobs), disable=disable_tqdm, desc="generate_until")
+        start = 0
+        while start < len(order):
+            options = jobs[order[start]][0]
+            idx = [order[start]]
+            while len(idx) < self.batch_size and start + len(idx) < len(order) and jobs[order[start + len(idx)]][0] == options:
+                idx.append(order[start + len(idx)])
+            for i, text in zip(idx, self._generate_batch([prompts[i] for i in idx], *options)):
+                out[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            bar.update(len(idx))
+            start += len(idx)
+        bar.close()
         return out
 
-    @torch.no_grad()
-    def _generate_one(self, context: str, gen_kwargs: dict[str, Any]) -> str:
+    def _gen_options(self, gen_kwargs: dict[str, Any]) -> tuple[tuple[str, ...], int, float, int | None]:
+        """``(until, max_new_tokens, temperature, top_k)`` from lm-eval's generation options."""
         unknown = sorted(set(gen_kwargs) - set(GEN_KWARGS))
         if unknown:
             raise ValueError(f"generation options {unknown} are not supported; allowed: {GEN_KWARGS}")
         until = gen_kwargs.get("until") or []
-        until = [until] if isinstance(until, str) else list(until)
+        until = (until,) if isinstance(until, str) else tuple(until)
         max_new = _positive_int("max_gen_toks", gen_kwargs.get("max_gen_toks", self.max_gen_toks))
         temperature = float(gen_kwargs.get("temperature", 0.0)) if gen_kwargs.get("do_sample", False) else 0.0
-        top_k = gen_kwargs.get("top_k")
-        max_new = min(max_new, self.max_length - 1)
-        prompt = (self.tok_encode(context) or [self.prefix_token_id])[-(self.max_length - max_new) :]
-        cache = KVCache.allocate(self.model.cfg, 1, len(prompt) + max_new, self._device, self.model.embed.weight.dtype)
-        logits, cache = self.model(torch.tensor([prompt], device=self._device), cache=cache)
-        generated: list[int] = []
-        for _ in range(max_new):
-            token = int(sample(logits[:, -1], temperature, top_k, self._generator))
-            if self._eot is not None and token == self._eot:
+        return until, min(max_new, self.max_length - 1), temperature, gen_kwargs.get("top_k")
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: list[list[int]], until: tuple[str, ...], max_new: int, temperature: float, top_k: int | None
+    ) -> list[str]:
+        """Decode left-padded ``prompts`` together; a row stops at EOT or a stop string."""
+        width = max(len(p) for p in prompts)
+        batch = torch.full((len(prompts), width), self.prefix_token_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            batch[row, width - len(p) :], mask[row, width - len(p) :] = torch.tensor(p), 1
+        uneven = any(len(p) != width for p in prompts)  # equal lengths take the plain causal path
+        cache = KVCache.allocate(self.model.cfg, len(prompts), width + max_new, self._device,
+                                 self.model.embed.weight.dtype)
+        logits, cache = self.model(batch.to(self._device), cache=cache,
+                                   attention_mask=mask.to(self._device) if uneven else None)
+        generated: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for step in range(max_new):
+            nxt = sample(logits[:, -1], temperature, top_k, self._generator)
+            for row, token in enumerate(nxt.tolist()):
+                if done[row]:
+                    continue
+                if self._eot is not None and token == self._eot:
+                    done[row] = True
+                    continue
+                generated[row].append(token)
+                done[row] = any(stop in self.tok_decode(generated[row]) for stop in until)
+            if all(done):
                 break
-            generated.append(token)
-            text = self.tok_decode(generated)
-            if any(stop in text for stop in until):
-                break
-            if len(generated) < max_new:
-                logits, cache = self.model(torch.tensor([[token]], device=self._device), cache=cache)
-        text = self.tok_decode(generated)
-        return _cut(text, until)
+            if step < max_new - 1:
+                logits, cache = self.model(nxt[:, None], cache=cache, validate=False)
+        return [_cut(self.tok_decode(g), until) for g in generated]
 
 
 def _cut(text: str, until: Iterable[str]) -> str:

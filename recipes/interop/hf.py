@@ -13,9 +13,10 @@ this module registers both under ``model_type = "value_routing"``::
     out = hf.generate(prompt, max_new_tokens=32, do_sample=False)
 
 ``generate`` decodes with our preallocated :class:`~recipes.model.KVCache` passed as
-``past_key_values`` (a :class:`SATCache`, grown by doubling). Padding is not supported: an
-``attention_mask`` with zeros raises, so batch prompts of equal length. Needs the optional
-extra ``pip install 'value_routing[hf]'``.
+``past_key_values`` (a :class:`SATCache`, grown by doubling). Prompts of different lengths
+batch with padding as usual (``tokenizer(..., padding=True)`` gives ``attention_mask``; left
+padding is the ``generate`` convention, right padding works too): every row continues as it
+would alone. Needs the optional extra ``pip install 'value_routing[hf]'``.
 """
 
 from __future__ import annotations
@@ -96,11 +97,14 @@ class SATCache:
             return self.kv
         capacity = min(cfg.max_seq_len, max(need, 2 * (0 if self.kv is None else self.kv.capacity), 64))
         grown = KVCache.allocate(cfg, batch, capacity, like.device, like.dtype)
+        padded = False
         if self.kv is not None:
             for old, new in zip(self.kv.layers, grown.layers):
                 new.k[:, :length] = old.k[:, :length]
                 new.v[:, :length] = old.v[:, :length]
-        self.kv = KVCache(grown.layers, length)
+            grown.keep[:, :length] = self.kv.keep[:, :length]
+            padded = self.kv.padded
+        self.kv = KVCache(grown.layers, length, grown.keep, padded)
         return self.kv
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -110,7 +114,8 @@ class SATCache:
                 LayerCache(c.k.index_select(0, beam_idx.to(c.k.device)), c.v.index_select(0, beam_idx.to(c.v.device)))
                 for c in self.kv.layers
             )
-            self.kv = KVCache(layers, self.kv.length)
+            self.kv = KVCache(layers, self.kv.length, self.kv.keep.index_select(0, beam_idx.to(self.kv.keep.device)),
+                              self.kv.padded)
 
 
 class SATForCausalLM(PreTrainedModel, GenerationMixin):
@@ -177,14 +182,18 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
-        """Logits (and the mean next-token loss when ``labels`` are given, ``-100`` ignored)."""
+        """Logits (and the mean next-token loss when ``labels`` are given, ``-100`` ignored).
+
+        ``attention_mask`` (1 = real token, 0 = padding) covers either the new ``input_ids`` or,
+        as ``generate`` passes it, the cached tokens followed by the new ones.
+        """
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("inputs_embeds is not supported; pass input_ids")
         for name in ("output_attentions", "output_hidden_states"):
             if kwargs.get(name):
                 raise ValueError(f"{name}=True is not supported")
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("attention_mask with padding (zeros) is not supported; batch prompts of equal length")
+        if past_key_values is None:  # transformers >= 5.x passes the cache as ``cache=``
+            past_key_values = kwargs.pop("cache", None)
         if past_key_values is not None and not isinstance(past_key_values, SATCache):
             raise ValueError(f"past_key_values must be a SATCache or None, got {type(past_key_values).__name__}")
         if use_cache and past_key_values is None:
@@ -193,7 +202,8 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         if past_key_values is not None:
             batch, seq = input_ids.shape
             kv = past_key_values.reserve(self.model.cfg, batch, seq, self.model.embed.weight)
-        logits, kv = self.model(input_ids, cache=kv)
+        attention_mask = self._new_tokens_mask(attention_mask, input_ids, kv)
+        logits, kv = self.model(input_ids, cache=kv, attention_mask=attention_mask)
         if past_key_values is not None:
             past_key_values.kv = kv
         loss = None
@@ -204,6 +214,20 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         if return_dict is False:
             return tuple(t for t in (loss, logits, past_key_values) if t is not None)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+
+
+    @staticmethod
+    def _new_tokens_mask(mask: torch.Tensor | None, input_ids: torch.Tensor, kv: KVCache | None) -> torch.Tensor | None:
+        """The mask columns of ``input_ids``; ``None`` when it pads nothing (the plain causal path)."""
+        if mask is None or not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+            return mask  # None, or malformed: CausalLM.forward names the problem
+        past = 0 if kv is None else kv.length
+        if past and mask.shape[1] == past + input_ids.shape[1]:
+            mask = mask[:, past:]
+        padded = kv is not None and kv.padded
+        if not padded and mask.shape == input_ids.shape and bool((mask == 1).all()):
+            return None
+        return mask
 
 
 def register() -> None:

@@ -10,12 +10,15 @@ A checkpoint is a directory ``step_00000042/`` holding
 ``rng_rank<r>.safetensors``
     each rank's torch / CUDA / numpy / python RNG states.
 ``state.json``
-    step, data position and run config; written last.
+    step, data position, run config, and the size and SHA-256 of every other file; written last.
 
 Every rank calls :func:`save_checkpoint` (gathering FSDP2 shards is collective). Files are
 written into ``.tmp-step_…`` and renamed with :func:`os.replace`, so a kill at any moment
 leaves either the previous checkpoint or the new one, never half of one. Loading uses
 ``safetensors`` and ``json`` only: nothing is unpickled.
+
+A checkpoint damaged afterwards is caught before anything is loaded
+(:mod:`recipes.train.integrity`: checksums, :func:`verify_checkpoint`, :func:`resumable_checkpoint`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -41,8 +43,22 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+from recipes.train.integrity import (
+    MODEL_FILE,
+    OPTIM_FILE,
+    STATE_FILE,
+    STEP_DIR,
+    file_records,
+    read_metadata,
+    resumable_checkpoint,
+    verify_checkpoint,
+)
+
+__all__ = [
+    "MODEL_FILE", "OPTIM_FILE", "STATE_FILE", "checkpoint_dirs", "latest_checkpoint", "load_checkpoint", "load_model",
+    "load_weights", "resumable_checkpoint", "rng_state", "save_checkpoint", "save_weights", "set_rng_state",
+    "verify_checkpoint",
+]
 
 
 def _rank_world() -> tuple[int, int]:
@@ -69,11 +85,6 @@ def _save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str
         os.fsync(f.fileno())
 
 
-def _metadata(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-
-
 # ----------------------------------------------------------------------------- weights
 def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: Any) -> None:
     """Save a state dict as safetensors, storing tensors that share memory once."""
@@ -92,8 +103,11 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, **m
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a safetensors state dict; tied names map to the same tensor again."""
-    state = load_file(str(path))
-    for alias, name in _metadata(Path(path)).get("aliases", {}).items():
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    for alias, name in read_metadata(Path(path)).get("aliases", {}).items():
         state[alias] = state[name]
     return state
 
@@ -156,7 +170,7 @@ def checkpoint_dirs(ckpt_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -197,7 +211,8 @@ def save_checkpoint(
     _barrier()
     if rank == 0:
         state_path = tmp / STATE_FILE
-        state_path.write_text(json.dumps({**state, "step": step, "world_size": world}, indent=1))
+        record = {**state, "step": step, "world_size": world, "files": file_records(tmp)}
+        state_path.write_text(json.dumps(record, indent=1))
         with open(state_path, "rb+") as f:
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -212,18 +227,19 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng: bool = True) -> dict[str, Any]:
+                    restore_rng: bool = True, verify: bool = True) -> dict[str, Any]:
     """Load weights, optimizer state and this rank's RNG into a (possibly sharded) model; return ``state.json``.
 
     Every rank reads the full tensors and keeps its own shard. Call before the first backward
-    (the optimizer state is materialised from parameters without gradients).
+    (the optimizer state is materialised from parameters without gradients). ``verify`` checks
+    the files against their recorded checksums first (:func:`verify_checkpoint`).
     """
     path = Path(path)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = verify_checkpoint(path) if verify else json.loads((path / STATE_FILE).read_text())
     opts = StateDictOptions(full_state_dict=True, strict=True)
     set_model_state_dict(model, load_weights(path / MODEL_FILE), options=opts)
     if optimizer is not None:
-        osd = _optimizer_from_tensors(load_file(str(path / OPTIM_FILE)), _metadata(path / OPTIM_FILE))
+        osd = _optimizer_from_tensors(load_file(str(path / OPTIM_FILE)), read_metadata(path / OPTIM_FILE))
         set_optimizer_state_dict(model, optimizer, osd, options=opts)
         for group in optimizer.param_groups:  # the full-state-dict path turns tuples into lists
             if isinstance(group.get("betas"), list):
@@ -233,7 +249,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
         rng_path = path / f"rng_rank{rank}.safetensors"
         if not rng_path.is_file():  # resumed on more ranks than saved
             rng_path = path / "rng_rank0.safetensors"
-        set_rng_state(load_file(str(rng_path)), _metadata(rng_path)["rng"])
+        set_rng_state(load_file(str(rng_path)), read_metadata(rng_path)["rng"])
     return state
 
 
@@ -243,8 +259,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     from recipes.model import CausalLM
 
     path = Path(path)
+    if path.is_dir() and (path / STATE_FILE).exists():
+        verify_checkpoint(path)
     file = path / MODEL_FILE if path.is_dir() else path
-    cfg = _metadata(file).get("model_config")
+    cfg = read_metadata(file).get("model_config")
     if not cfg:
         raise ValueError(f"{file} has no model_config metadata; build the model yourself and call load_weights")
     model = CausalLM(ModelConfig(**cfg)).to(device)

@@ -81,8 +81,17 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy from the full ``(batch, seq, vocab)`` logits."""
     logits = model(x).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def chunked_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`lm_loss` with the LM head fused into the loss, in token chunks: the logits never exist.
+
+    Goes through the model's ``forward`` (``targets=``), so DDP / FSDP wrappers see the call.
+    """
+    return model(x, targets=y)
 
 
 def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) -> torch.Tensor:

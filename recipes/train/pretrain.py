@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from typing import Any
@@ -33,12 +34,12 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from recipes.builders import SIZES, model_config
-from recipes.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recipes.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
 from recipes.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
-from recipes.train.optim import DECAY_RULES, lm_loss, lr_at, make_optimizer
+from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -100,6 +101,7 @@ def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
         from recipes.data.tokenizers import load_tokenizer
 
         overrides["vocab_size"] = load_tokenizer(cfg.tokenizer).vocab_size
+    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
     model_cfg = model_config(cfg.size, cfg.strategy, **overrides)
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len}, got {cfg.seq_len}")
@@ -124,14 +126,15 @@ def micro_step_context(model: torch.nn.Module, parallel: str, last: bool):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast) -> float:
+def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast,
+             loss_fn=lm_loss) -> float:
     """Mean loss over ``ceil(eval_batches / world) · world`` fixed validation batches."""
     per_rank = math.ceil(cfg.eval_batches / ctx.world)
     total = torch.zeros((), device=ctx.device)
     for i in range(per_rank):
         x, y = val.batch((ctx.rank * per_rank + i) * cfg.micro_batch, cfg.micro_batch)
         with autocast():
-            total += lm_loss(model, x.to(ctx.device), y.to(ctx.device)).float()
+            total += loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
     return ctx.mean(total / per_rank)
 
 
@@ -183,12 +186,18 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     train_windows, val_windows = load_data(cfg)
     model, model_cfg = build_model(cfg, ctx)
     optimizer = make_optimizer(model, cfg)
-    loss_fn = torch.compile(lm_loss) if cfg.compile else lm_loss
+    loss_fn = chunked_lm_loss if cfg.chunked_ce else lm_loss
+    loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     step, samples = 0, 0
-    if cfg.resume and (path := latest_checkpoint(cfg.ckpt_dir)) is not None:
-        state = load_checkpoint(path, model, optimizer)
+    path, skipped = resumable_checkpoint(cfg.ckpt_dir) if cfg.resume else (None, [])
+    for bad, reason in skipped:
+        if ctx.rank == 0:
+            warnings.warn(f"skipping damaged checkpoint {bad}: {reason}", RuntimeWarning, stacklevel=2)
+        log(event="skip_checkpoint", path=str(bad), reason=reason)
+    if path is not None:
+        state = load_checkpoint(path, model, optimizer, verify=False)
         for name in ("seed", "seq_len"):  # they fix the data order
             saved, given = state["config"][name], getattr(cfg, name)
             if saved != given:
@@ -219,7 +228,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
             tick, tick_step = time.perf_counter(), step
         log(msg, step=step, loss=loss, lr=lr)
         if val_windows is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
-            val_loss = evaluate(model, val_windows, cfg, ctx, autocast)
+            val_loss = evaluate(model, val_windows, cfg, ctx, autocast, chunked_lm_loss if cfg.chunked_ce else lm_loss)
             log(f"step {step:>6} val loss {val_loss:.4f}", event="eval", step=step, val_loss=val_loss)
         if cfg.ckpt_dir and ((cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == stop):
             state = {"samples": samples, "config": asdict(cfg)}

@@ -83,6 +83,8 @@ class PretrainConfig(OptimConfig):
     device: str = "auto"
     amp: bool = True
     compile: bool = False
+    chunked_ce: bool = True
+    activation_checkpointing: bool = True
     ckpt_dir: str | None = None
     ckpt_every: int = 0
     keep: int = 3
@@ -114,8 +116,10 @@ HELP = {
     "data": "'embedded' or a glob/directory of uint16 .bin shards", "val_data": "glob/directory of validation shards",
     "tokenizer": "'byte' or a local tokenizer.json (sets vocab_size)", "steps": "length of the lr schedule",
     "stop_after": "stop after this step (the schedule still spans --steps)", "amp": "bf16 autocast on CUDA",
-    "resume": "continue from the newest checkpoint in --ckpt-dir, if any", "keep": "checkpoints to keep",
+    "resume": "continue from the newest intact checkpoint in --ckpt-dir, if any (damaged newer ones are skipped)", "keep": "checkpoints to keep",
     "log_file": "JSON lines with the exact loss of every step",
+    "chunked_ce": "LM head + cross-entropy in token chunks: never hold the (batch, seq, vocab) logits (default on)",
+    "activation_checkpointing": "recompute each block in backward instead of keeping its activations (default on)",
     "decay": "parameters weight decay applies to: 'matrices' (2-D and up) or 'all'",
 }
 

@@ -50,9 +50,10 @@ def sdpa_attention(
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     gqa = heads != kv_heads
     # Branch in Python so ``is_causal`` stays a constant when dynamo makes ``q_len`` symbolic.
-    if mask.seq_lens is None and q_len == 1:
+    plain = mask.seq_lens is None and mask.key_keep is None
+    if plain and q_len == 1:
         out = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=gqa)
-    elif mask.seq_lens is None and mask.q_offset == 0:
+    elif plain and mask.q_offset == 0:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     else:
         dense = mask.dense(q_len, kv_len, q.device)
@@ -77,8 +78,22 @@ def xformers_available() -> bool:
     return xformers_unavailable_reason() is None
 
 
-def xformers_bias(mask: AttentionMask):
-    """The xFormers ``attn_bias`` object equivalent to ``mask`` (pure Python; works on CPU)."""
+def xformers_bias(mask: AttentionMask, q_len: int | None = None, kv_len: int | None = None,
+                  dtype: torch.dtype = torch.float32):
+    """The xFormers ``attn_bias`` equivalent to ``mask`` (pure Python; works on CPU).
+
+    With key padding (``mask.key_keep``) that is a dense additive bias ``(batch, 1, 1, q_len,
+    kv_len)`` (0 = may attend, -inf = masked) for the 5-D grouped layout, cut from a buffer whose
+    last axis is padded to a multiple of 8 (xFormers' alignment rule for bias tensors).
+    """
+    if mask.key_keep is not None:
+        if q_len is None or kv_len is None:
+            raise ValueError("xformers_bias needs q_len and kv_len when the mask has key padding")
+        batch, width = mask.key_keep.shape[0], -(-kv_len // 8) * 8
+        storage = torch.empty(batch, 1, 1, q_len, width, dtype=dtype, device=mask.key_keep.device)
+        bias = storage[..., :kv_len]
+        allowed = mask.dense(q_len, kv_len, mask.key_keep.device)[:, None]  # (batch, 1, 1, q_len, kv_len)
+        return bias.copy_(torch.zeros((), dtype=dtype, device=bias.device).masked_fill(~allowed, float("-inf")))
     from xformers.ops.fmha import attn_bias
 
     if mask.seq_lens is not None:
@@ -104,7 +119,10 @@ def xformers_attention(
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
     group = heads // kv_heads
-    bias = None if (mask.seq_lens is None and q_len == 1) else xformers_bias(mask)
+    if mask.key_keep is not None:
+        bias = xformers_bias(mask, q_len, kv_len, q.dtype).expand(batch, kv_heads, group, q_len, kv_len)
+    else:
+        bias = None if (mask.seq_lens is None and q_len == 1) else xformers_bias(mask)
     q5 = q.view(batch, q_len, kv_heads, group, head_dim)
     k5 = k.unsqueeze(3).expand(batch, kv_len, kv_heads, group, head_dim)
     v5 = v.unsqueeze(3).expand(batch, kv_len, kv_heads, group, head_dim)
