@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from recipes.experiments.study_config import VARIANTS
+
 #: MQAR accuracy at or above which a run counts as having solved the task.
 SOLVED = 0.9
 #: t_{0.975, df} for df = 1..30 (two-sided 95%); larger df use a Cornish-Fisher expansion.
@@ -94,6 +96,12 @@ def budget(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _row_order(name: str, baseline: str) -> tuple[int, int, str]:
+    """Baseline first, then the registry's order of variants (not the order runs finished in)."""
+    known = list(VARIANTS)
+    return (name != baseline, known.index(name) if name in known else len(known), name)
+
+
 def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
     """Per task: the ``budget`` (of the first run) and per variant the metric's estimate, the paired
     Δ vs ``baseline``, the MQAR solve rate, seeds, parameters and mean training seconds."""
@@ -107,6 +115,7 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
         cell[spec["seed"]] = run
     out: dict[str, Any] = {}
     for task, variants in by.items():
+        variants = {name: variants[name] for name in sorted(variants, key=lambda n: _row_order(n, baseline))}
         key = _METRIC[task][0]
         base = {s: r[key] for s, r in variants.get(baseline, {}).items()}
         rows = {}
@@ -150,13 +159,15 @@ def format_markdown(summary: dict[str, Any], baseline: str = "baseline") -> str:
         rule = "|---|---|---|---|---|"
         if task == "mqar":
             head, rule = head + f" solved (acc ≥ {SOLVED}) |", rule + "---|"
-        lines = [f"### {task.upper()}: {label}, {direction}", "", text, "", head + " s/run |", rule + "---|"]
+        # No per-run time column: runs share the machine with each other (and whatever else runs), so
+        # their wall times are not a cost comparison; recipes.bench measures that, interleaved.
+        lines = [f"### {task.upper()}: {label}, {direction}", "", text, "", head, rule]
         for name, row in rows.items():
             line = (f"| {name} | {len(row['seeds'])} | {row['params'] / 1e6:.2f}M | {_fmt(row['estimate'])} "
                     f"| {_fmt(row['delta'], signed=True)} |")
             if task == "mqar":
                 line += f" {row['solve_rate'] * len(row['seeds']):.0f}/{len(row['seeds'])} |"
-            lines.append(line + f" {row['seconds']:.1f} |")
+            lines.append(line)
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
