@@ -82,6 +82,16 @@ class CausalLM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # A dtype cast of the model (`.to(torch.bfloat16)`, `.half()`) must not round the RoPE
+        # tables: in bf16 the angle tables are off by up to 1/128 relative, which wrecks long
+        # positions. They follow the device and stay float32 (float64 when the model is).
+        super()._apply(fn, recurse)
+        if self.rope_cos.dtype in (torch.float16, torch.bfloat16):
+            cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+        return self
+
     def reset_parameters(self) -> None:
         """N(0, init_std); the output projections N(0, ``cfg.out_std``) (GPT-2's
         ``init_std / √(2L)`` unless ``out_proj_std`` is set)."""

@@ -9,6 +9,7 @@ from jaxtyping import TypeCheckError
 from recipes.builders import BUILDERS, count_params, model_config, satformer
 from recipes.config import ModelConfig
 from recipes.generate import generate
+from blocks import rope_tables
 from recipes.model import CausalLM, KVCache
 from value_routing import STRATEGIES
 from value_routing.kernels import gate_mix_reference
@@ -225,3 +226,18 @@ def test_init_is_gpt2_style():
             assert abs(weight.std().item() / std - 1) < 0.1 and abs(weight.mean().item()) < 0.1 * std
         assert torch.equal(block.attn_norm.weight, torch.ones(64)) and torch.equal(block.ffn_norm.weight, torch.ones(64))
     assert abs(model.embed.weight.std().item() / 0.05 - 1) < 0.1
+
+
+def test_low_precision_cast_keeps_exact_rope_tables():
+    """`.to(bfloat16)` / `.half()` cast weights, not the RoPE angle tables (bf16 tables are off by up
+    to 1/128 relative); a float64 cast keeps the float32 values it had."""
+    cfg = satformer("tiny", max_seq_len=256)
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    for dtype in (torch.bfloat16, torch.float16):
+        model = CausalLM(cfg).to(dtype)
+        assert model.embed.weight.dtype == dtype
+        assert model.rope_cos.dtype == model.rope_sin.dtype == torch.float32
+        assert torch.equal(model.rope_cos, cos) and torch.equal(model.rope_sin, sin)
+        assert torch.isfinite(model(torch.randint(0, 256, (1, 200))).logits.float()).all()
+    model = CausalLM(cfg).double()
+    assert model.rope_cos.dtype == torch.float64 and torch.equal(model.rope_cos, cos.double())
