@@ -5,7 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recipes.eval.mqar import IGNORE_INDEX, MQARConfig, evaluate_mqar, mqar_accuracy, mqar_batch, train_mqar
+from recipes.eval.mqar import (IGNORE_INDEX, MQARConfig, MQARResult, evaluate_mqar, format_mqar, mqar_accuracy,
+                               mqar_batch, train_mqar)
 from recipes.train import TrainConfig
 
 
@@ -124,3 +125,13 @@ def test_training_learns_an_easy_setting():
     assert cfg.chance == 1 / 8 and result.accuracy >= 0.8
     with pytest.raises(ValueError, match="strategy"):
         train_mqar("nope", cfg, train)
+
+
+def test_format_mqar_has_no_time_column():
+    """Strategies are trained one after another, so their wall times are no cost comparison: the
+    table shows accuracy and loss only (``python -m recipes.bench`` times strategies interleaved)."""
+    cfg = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
+    table = format_mqar([MQARResult("baseline", 0.5, 1.25, 987.6)], cfg)
+    header, row = table.splitlines()[1:]
+    assert header.split() == ["strategy", "accuracy", "loss"]
+    assert row.split() == ["baseline", "0.500", "1.250"] and "987" not in table

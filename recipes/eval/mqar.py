@@ -192,10 +192,12 @@ def train_mqar(
 
 
 def format_mqar(results: list[MQARResult], task: MQARConfig = DEMO_TASK) -> str:
+    """Accuracy and final training loss per strategy. No time column: strategies trained one after
+    another see different machine load (``python -m recipes.bench`` times them interleaved)."""
     lines = [f"MQAR: vocab {task.vocab_size}, seq {task.seq_len}, {task.num_kv_pairs} kv pairs; chance "
              f"{task.chance:.3f}, any-context-value plateau {1 / task.num_kv_pairs:.3f}",
-             f"{'strategy':<12}{'accuracy':>10}{'loss':>8}{'seconds':>9}"]
-    lines += [f"{r.strategy:<12}{r.accuracy:>10.3f}{r.final_loss:>8.3f}{r.seconds:>9.1f}" for r in results]
+             f"{'strategy':<12}{'accuracy':>10}{'loss':>8}"]
+    lines += [f"{r.strategy:<12}{r.accuracy:>10.3f}{r.final_loss:>8.3f}" for r in results]
     return "\n".join(lines)
 
 
