@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--shape", type=int, nargs=4, default=[64, 4, 4, 2], metavar=("D", "L", "H", "KV"))
+    p.add_argument("--demo-arch", action="store_true", help="the demo's tiny architecture (no qk-norm) "
+                   "instead of the paper presets'")
     p.add_argument("--out", type=Path, default=Path("mqar_probe.jsonl"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = MQARConfig(vocab_size=args.vocab_size, seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                       warmup=args.warmup, seed=args.seed, eval_batches=8)
-    model_cfg = study_model_config(VARIANTS[args.variant], Shape(*args.shape), task.vocab_size, task.seq_len)
+    model_cfg = study_model_config(VARIANTS[args.variant], Shape(*args.shape, paper_arch=not args.demo_arch), task.vocab_size, task.seq_len)
     torch.manual_seed(cfg.seed)
     model = CausalLM(model_cfg)
     opt = make_optimizer(model, cfg)

@@ -12,7 +12,7 @@ import torch
 
 from recipes.builders import BUILDERS
 from recipes.data import embedded_corpus
-from recipes.experiments import study
+from recipes.experiments import study, study_report
 from recipes.experiments.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
 from recipes.experiments.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
 from recipes.eval.mqar import MQARConfig, train_mqar
@@ -82,6 +82,29 @@ def test_summary_table_solve_rate_and_single_seed():
     assert "| baseline | 1 | 0.00M | 2.0000 ± n/a | - |" in table  # one seed: no interval
 
 
+def test_learning_speed_hand_computed():
+    """Mean accuracy over training (area under the accuracy curve), its paired Δ and the first step
+    at >= 0.9, from hand-made curves; runs without curves get no learning-speed table."""
+    curves = {"baseline": [[[10, 0.3], [20, 0.3], [30, 0.3], [40, 0.3]], [[10, 0.3], [20, 0.5], [30, 0.9], [40, 1.0]]],
+              "static": [[[10, 0.3], [20, 0.95], [30, 1.0], [40, 1.0]], [[10, 0.89], [20, 1.0], [30, 1.0], [40, 1.0]]]}
+    runs = []
+    for name, per_seed in curves.items():
+        for seed, curve in enumerate(per_seed):
+            runs.append({**_fake_run("mqar", name, seed, curve[-1][1]), "accuracy_curve": curve})
+    assert study_report.accuracy_auc(runs[1]) == pytest.approx(0.675) and study_report.steps_to_solve(runs[1]) == 30
+    assert study_report.steps_to_solve(runs[0]) is None
+    rows = summarize(runs)["mqar"]["variants"]
+    # baseline AUCs 0.3, 0.675; static 0.8125, 0.9725 -> paired differences 0.5125, 0.2975
+    assert rows["baseline"]["auc"]["mean"] == pytest.approx(0.4875) and rows["baseline"]["auc_delta"] is None
+    assert rows["static"]["auc_delta"]["mean"] == pytest.approx(0.405)
+    # deviations ±0.1075 -> sd 0.1075·√2; half-width t(1) · sd / √2 = 12.706205 · 0.1075
+    assert rows["static"]["auc_delta"]["half_width"] == pytest.approx(12.706205 * 0.1075)
+    assert rows["baseline"]["steps_to_solve"] == [None, 30] and rows["static"]["steps_to_solve"] == [20, 20]
+    table = format_markdown(summarize(runs))
+    assert "| static | 0.8925 ± " in table and "| +0.4050 ± " in table and "| —, 30 |" in table
+    assert "Learning speed" not in format_markdown(summarize([_fake_run("mqar", "baseline", 0, 0.5)]))
+
+
 # --- the runner -----------------------------------------------------------------------------
 
 def test_resume_runs_only_the_unfinished_runs(tmp_path, monkeypatch):
@@ -149,7 +172,10 @@ def test_same_seed_same_init_and_data_as_the_demo():
     dims = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1)
     model = study_model_config(VARIANTS["satformer"], Shape(**dims, paper_arch=False), 16, 16)
     spec = {"task": "mqar", "model": model.__dict__, "train": cfg.__dict__, "mqar": task.__dict__, "curve_points": 3}
-    assert study.run_one(spec)["accuracy"] == train_mqar("satformer", task, cfg, **dims).accuracy
+    got = study.run_one(spec)
+    # evaluating along training (its own RNG) leaves the run unchanged: same accuracy as train_mqar
+    assert got["accuracy"] == train_mqar("satformer", task, cfg, **dims).accuracy
+    assert [p[0] for p in got["accuracy_curve"]] == [1, 2, 3] and got["accuracy_curve"][-1][1] == got["accuracy"]
     torch.set_num_threads(threads)
 
 

@@ -11,7 +11,13 @@ weights, same data order), :math:`d_s = x_s - b_s`, with the same interval
 on :math:`d`. Pairing removes the seed-to-seed spread both runs share, so a paired interval is
 usually much narrower than the two unpaired ones. With :math:`n = 1` no interval exists ("n/a").
 MQAR runs also report the solve rate: the fraction of seeds with accuracy
-:math:`\ge` :data:`SOLVED`.
+:math:`\ge` :data:`SOLVED`. Recall appears abruptly, so a run's final accuracy is close to
+all-or-nothing; *when* it appears is graded. Runs that record their held-out ``accuracy_curve``
+(accuracy :math:`a_1..a_K` at :math:`K` equally spaced steps) also report the mean accuracy over
+training, :math:`\bar a = \frac1K \sum_k a_k` (the area under the accuracy curve, 1 for a run
+that recalls from the first evaluation, the plateau value for one that never does), with its mean
+± CI and paired Δ like the final metric, and per seed the first evaluated step with
+:math:`a_k \ge` :data:`SOLVED`.
 """
 
 from __future__ import annotations
@@ -96,6 +102,30 @@ def budget(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def accuracy_auc(run: dict[str, Any]) -> float | None:
+    """Mean held-out accuracy over a run's ``accuracy_curve`` (``None`` if it has none)."""
+    curve = run.get("accuracy_curve")
+    return sum(a for _, a in curve) / len(curve) if curve else None
+
+
+def steps_to_solve(run: dict[str, Any]) -> int | None:
+    """First step of the ``accuracy_curve`` with accuracy >= :data:`SOLVED` (``None``: never)."""
+    return next((int(step) for step, a in run.get("accuracy_curve") or () if a >= SOLVED), None)
+
+
+def _learning_speed(seeds: dict[int, dict[str, Any]], base_auc: dict[int, float] | None) -> dict[str, Any]:
+    """Accuracy-curve statistics of one variant's runs (empty if any run lacks a curve); the paired
+    Δ to ``base_auc`` (the baseline's, ``None`` for the baseline itself)."""
+    aucs = {s: accuracy_auc(r) for s, r in sorted(seeds.items())}
+    if any(a is None for a in aucs.values()):
+        return {}
+    values = {s: float(a) for s, a in aucs.items() if a is not None}
+    delta = paired_delta(values, base_auc) if base_auc is not None else None
+    return {"auc": mean_ci(list(values.values())).__dict__, "auc_values": list(values.values()),
+            "auc_delta": None if delta is None else delta.__dict__,
+            "steps_to_solve": [steps_to_solve(r) for _, r in sorted(seeds.items())]}
+
+
 def _row_order(name: str, baseline: str) -> tuple[int, int, str]:
     """Baseline first, then the registry's order of variants (not the order runs finished in)."""
     known = list(VARIANTS)
@@ -118,6 +148,7 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
         variants = {name: variants[name] for name in sorted(variants, key=lambda n: _row_order(n, baseline))}
         key = _METRIC[task][0]
         base = {s: r[key] for s, r in variants.get(baseline, {}).items()}
+        base_auc = {s: auc for s, r in variants.get(baseline, {}).items() if (auc := accuracy_auc(r)) is not None}
         rows = {}
         for name, seeds in variants.items():
             values = {s: r[key] for s, r in sorted(seeds.items())}
@@ -131,6 +162,7 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
             }
             if task == "mqar":
                 rows[name]["solve_rate"] = sum(v >= SOLVED for v in values.values()) / len(values)
+                rows[name].update(_learning_speed(seeds, base_auc if name != baseline else None))
         first = next(iter(next(iter(variants.values())).values()))
         out[task] = {"budget": budget(first["spec"]), "variants": rows}
     return out
@@ -168,8 +200,22 @@ def format_markdown(summary: dict[str, Any], baseline: str = "baseline") -> str:
             if task == "mqar":
                 line += f" {row['solve_rate'] * len(row['seeds']):.0f}/{len(row['seeds'])} |"
             lines.append(line)
+        if task == "mqar" and all("auc" in row for row in rows.values()):
+            lines += ["", _speed_table(rows, b["steps"], baseline)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _speed_table(rows: dict[str, Any], steps: int, baseline: str) -> str:
+    """MQAR learning speed: mean accuracy over training and each seed's first step at >= SOLVED."""
+    lines = [f"Learning speed: mean held-out accuracy over training (area under the accuracy curve) "
+             f"and, per seed, the first evaluated step with accuracy ≥ {SOLVED} (— : not within {steps} steps).",
+             "", f"| variant | mean accuracy over training (95% CI) | paired Δ vs {baseline} (95% CI) | "
+             "step reaching ≥ 0.9, per seed |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        reached = ", ".join("—" if s is None else str(s) for s in row["steps_to_solve"])
+        lines.append(f"| {name} | {_fmt(row['auc'])} | {_fmt(row['auc_delta'], signed=True)} | {reached} |")
+    return "\n".join(lines)
 
 
 def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baseline: str = "baseline") -> list[Path]:
@@ -196,6 +242,8 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baselin
         fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
 
+        if task == "mqar" and all("auc" in row for row in rows.values()):
+            paths.append(_plot_accuracy(rows, runs, out))
         deltas = [(n, r["delta"]) for n, r in rows.items() if r["delta"] is not None]
         if not deltas:
             continue
@@ -209,6 +257,24 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baselin
         fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+def _plot_accuracy(rows: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> Path:
+    """``accuracy_mqar.png``: held-out MQAR accuracy along training, one thin line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, name in enumerate(rows):
+        for j, run in enumerate(r for r in runs if r["spec"]["task"] == "mqar" and r["spec"]["variant"]["name"] == name):
+            steps, accs = zip(*run["accuracy_curve"])
+            ax.plot(steps, accs, color=f"C{i}", lw=1, alpha=0.8, label=name if j == 0 else None)
+    ax.axhline(SOLVED, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="step", ylabel="held-out accuracy", title="mqar: accuracy along training (one line per seed)")
+    ax.legend(fontsize=8)
+    path = out / "accuracy_mqar.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def cost_line(runs: list[dict[str, Any]]) -> str:

@@ -32,7 +32,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
 
     The seed alone fixes the initial weights and the data order, whatever the variant.
     Returns the metric (``val_loss`` or ``accuracy``), the training-loss ``curve``
-    (``[step, mean loss over the window ending there]``), ``params`` and training ``seconds``.
+    (``[step, mean loss over the window ending there]``), ``params`` and training ``seconds``;
+    MQAR runs also the ``accuracy_curve`` (``[step, held-out accuracy]`` at every window's end,
+    ``seconds`` including these evaluations).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results independent of --workers (and no oversubscription)
@@ -49,13 +51,23 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             task = MQARConfig(**spec["mqar"])
             next_batch, loss_fn = (lambda: mqar_batch(task, cfg.batch_size, gen)), model_mqar_loss
+        accuracy_curve: list[list[float]] = []
+        after_step = None
+        if spec["task"] == "mqar":  # held-out accuracy at the end of every curve window (own RNG: the
+            ends = {int(w[0]) for w in _windows([0.0] * cfg.steps, spec["curve_points"])}  # run is unchanged)
+
+            def after_step(n: int) -> None:
+                if n in ends:
+                    accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
+
         start = time.perf_counter()
-        losses = fit(model, opt, cfg, next_batch, loss_fn)
+        losses = fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step)
         seconds = time.perf_counter() - start
         if spec["task"] == "lm":
-            metric = {"val_loss": evaluate(model, val, cfg)}
+            metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg)}
         else:
-            metric = {"accuracy": evaluate_mqar(model, task, batches=cfg.eval_batches)}
+            metric = {"accuracy": evaluate_mqar(model, task, batches=cfg.eval_batches),
+                      "accuracy_curve": accuracy_curve}
         return {**metric, "curve": _windows(losses, spec["curve_points"]), "params": model.num_params(),
                 "seconds": seconds}
     finally:

@@ -107,14 +107,17 @@ def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) 
 
 
 def fit(model, opt, cfg: TrainConfig, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-        loss_fn=lm_loss, desc: str | None = None) -> list[float]:
+        loss_fn=lm_loss, desc: str | None = None, after_step: Callable[[int], None] | None = None) -> list[float]:
     """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns every step's loss.
 
-    ``desc`` shows a progress bar with that label and the current loss.
+    ``desc`` shows a progress bar with that label and the current loss. ``after_step(n)`` is called
+    after the ``n``-th step (1-based), e.g. to evaluate along training.
     """
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
     for step in bar:
         losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if after_step is not None:
+            after_step(step + 1)
     return losses
