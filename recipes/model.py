@@ -88,9 +88,17 @@ class CausalLM(nn.Module):
         # positions. They follow the device and stay float32 (float64 when the model is).
         super()._apply(fn, recurse)
         if self.rope_cos.dtype in (torch.float16, torch.bfloat16):
-            cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
-            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+            self.reset_rope()
         return self
+
+    @torch.no_grad()
+    def reset_rope(self) -> None:
+        """Recompute the RoPE tables (non-persistent buffers) on their device: float64 when the
+        model is, else float32 (never a half type; see ``_apply``)."""
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+        dtype = torch.float64 if self.rope_cos.dtype == torch.float64 else torch.float32
+        self.rope_cos = cos.to(self.rope_cos.device, dtype)
+        self.rope_sin = sin.to(self.rope_sin.device, dtype)
 
     def reset_parameters(self) -> None:
         """N(0, init_std); the output projections N(0, ``cfg.out_std``) (GPT-2's

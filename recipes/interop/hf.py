@@ -33,7 +33,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("recipes.interop.hf needs transformers: pip install 'value_routing[hf]'") from err
 
-from blocks import LayerCache, rope_tables
+from blocks import LayerCache
 from recipes.config import ModelConfig
 from recipes.model import CausalLM, KVCache
 
@@ -157,10 +157,7 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         # Parameters are initialised by CausalLM itself; only the RoPE tables (non-persistent
         # buffers, left empty when from_pretrained builds on the meta device) are recomputed.
         if isinstance(module, CausalLM) and module.rope_cos.device.type != "meta":
-            cfg = module.cfg
-            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-            module.rope_cos.copy_(cos)
-            module.rope_sin.copy_(sin)
+            module.reset_rope()
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
