@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from recipes.builders import BUILDERS
 from recipes.data import embedded_corpus
 from recipes.experiments import study, study_report
-from recipes.experiments.study_config import VARIANTS, Shape, StudyConfig, Task, study_model_config
+from recipes.experiments.study_config import PRESETS, VARIANTS, Shape, StudyConfig, Task, study_model_config
 from recipes.experiments.study_report import format_markdown, load_runs, mean_ci, paired_delta, summarize, t975
 from recipes.eval.mqar import MQARConfig, train_mqar
 from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
@@ -82,7 +83,7 @@ def test_summary_table_solve_rate_and_single_seed():
     assert "| baseline | 1 | 0.00M | 2.0000 ± n/a | - |" in table  # one seed: no interval
 
 
-def test_learning_speed_hand_computed():
+def test_learning_speed_hand_computed(tmp_path):
     """Mean accuracy over training (area under the accuracy curve), its paired Δ and the first step
     at >= 0.9, from hand-made curves; runs without curves get no learning-speed table."""
     curves = {"baseline": [[[10, 0.3], [20, 0.3], [30, 0.3], [40, 0.3]], [[10, 0.3], [20, 0.5], [30, 0.9], [40, 1.0]]],
@@ -103,6 +104,10 @@ def test_learning_speed_hand_computed():
     table = format_markdown(summarize(runs))
     assert "| static | 0.8925 ± " in table and "| +0.4050 ± " in table and "| —, 30 |" in table
     assert "Learning speed" not in format_markdown(summarize([_fake_run("mqar", "baseline", 0, 0.5)]))
+    from recipes.experiments.study_plots import plot
+
+    names = {p.name for p in plot(summarize(runs), runs, tmp_path) if p.stat().st_size}
+    assert names == {"curves_mqar.png", "delta_mqar.png", "accuracy_mqar.png"}
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -192,7 +197,7 @@ def test_report_only_rerenders_from_the_jsonl(tmp_path):
 
 
 def study_report_plots(out: Path) -> list[Path]:
-    from recipes.experiments.study_report import plot
+    from recipes.experiments.study_plots import plot
 
     runs = load_runs(out / "runs.jsonl")
     return plot(summarize(runs), runs, out)
@@ -244,7 +249,7 @@ def test_demo_reads_the_noise_of_its_exact_budget(tmp_path):
     runs = study.run_study(cfg, tmp_path, progress=False)
     from recipes.experiments.study_report import write_report
 
-    write_report(tmp_path, plots=False)
+    write_report(tmp_path)
     model = study_model_config(VARIANTS["baseline"], cfg.shape, 256, 512)
     train = replace(cfg.lm.train, seed=5)  # the demo's seed is not part of the budget
     noise = study_noise("lm", train, model, tmp_path / "summary.json")
@@ -282,7 +287,7 @@ def test_lm_only_variants_skip_mqar_and_mixed_settings_are_refused(tmp_path):
     assert len(runs) == 2 and len(load_runs(tmp_path / "runs.jsonl")) == 4
     from recipes.experiments.study_report import write_report
 
-    assert write_report(tmp_path, plots=False, runs=runs)["lm"]["budget"]["steps"] == 5
+    assert write_report(tmp_path, runs=runs)["lm"]["budget"]["steps"] == 5
     with pytest.raises(ValueError, match="mixes studies"):
         study.main(["--report-only", "--out", str(tmp_path), "--no-plots"])
 
@@ -304,3 +309,15 @@ def test_demo_preset_runs_exactly_the_demo():
             assert model == mqar_model_config(name, DEMO_TASK, **DEMO_MODEL)
             assert TrainConfig(**spec["train"]) == replace(DEMO_TRAIN, seed=seed)
             assert MQARConfig(**spec["mqar"]) == DEMO_TASK
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the committed LM runs used Python 3.11's stdlib as corpus")
+@pytest.mark.parametrize("preset", ["published", "demo"])
+def test_committed_results_are_the_presets_runs(preset):
+    """docs/results holds a finished run for every run the preset defines today: a change to a
+    preset, a model default or the training recipe that alters any run's spec fails here until the
+    study is rerun (it resumes, running only the changed runs) and its results committed."""
+    out = Path(__file__).resolve().parents[1] / study.DEFAULT_OUT[preset]
+    done = {run["key"] for run in load_runs(out / "runs.jsonl")}
+    missing = [(s["task"], s["variant"]["name"], s["seed"]) for s in study.plan(PRESETS[preset]()) if study.spec_key(s) not in done]
+    assert not missing, f"rerun `python -m recipes.experiments.study --preset {preset}`: {missing[:5]}..."

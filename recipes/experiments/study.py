@@ -33,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
+from recipes.experiments.study_plots import plot
 from recipes.experiments.study_report import load_runs, write_report
 from recipes.experiments.study_run import execute
 
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"study {args.preset}: {len(cfg.variants)} variants × {len(cfg.seeds)} seeds × tasks {list(cfg.tasks)}"
               f" -> {out / 'runs.jsonl'}", file=sys.stderr)
         runs = run_study(cfg, out, args.workers)
-    summary = write_report(out, plots=not args.no_plots, runs=None if args.report_only else runs)
+    summary = write_report(out, runs=None if args.report_only else runs)
+    if not args.no_plots:
+        plot(summary, load_runs(out / "runs.jsonl") if args.report_only else runs, out)
     print((out / "results.md").read_text())
     return summary
 

@@ -38,7 +38,8 @@ _T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 
          2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
          2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
          2.048407, 2.045230, 2.042272)
-_METRIC = {"lm": ("val_loss", "val loss", "lower is better"), "mqar": ("accuracy", "MQAR accuracy", "higher is better")}
+#: Per task: the run's metric key, its label, and which direction is better.
+METRIC = {"lm": ("val_loss", "val loss", "lower is better"), "mqar": ("accuracy", "MQAR accuracy", "higher is better")}
 
 
 def t975(df: int) -> float:
@@ -146,7 +147,7 @@ def summarize(runs: Iterable[dict[str, Any]], baseline: str = "baseline") -> dic
     out: dict[str, Any] = {}
     for task, variants in by.items():
         variants = {name: variants[name] for name in sorted(variants, key=lambda n: _row_order(n, baseline))}
-        key = _METRIC[task][0]
+        key = METRIC[task][0]
         base = {s: r[key] for s, r in variants.get(baseline, {}).items()}
         base_auc = {s: auc for s, r in variants.get(baseline, {}).items() if (auc := accuracy_auc(r)) is not None}
         rows = {}
@@ -180,7 +181,7 @@ def format_markdown(summary: dict[str, Any], baseline: str = "baseline") -> str:
     """Markdown tables (one per task) with the budget each task ran at."""
     parts = []
     for task, entry in summary.items():
-        key, label, direction = _METRIC[task]
+        key, label, direction = METRIC[task]
         b, rows = entry["budget"], entry["variants"]
         text = (f"{b['n_layers']} layers × d_model {b['d_model']}, {b['n_heads']} heads "
                 f"({b['n_kv_heads'] or b['n_heads']} kv), qk-norm {'on' if b['qk_norm'] else 'off'}, "
@@ -218,65 +219,6 @@ def _speed_table(rows: dict[str, Any], steps: int, baseline: str) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path, baseline: str = "baseline") -> list[Path]:
-    """``curves_<task>.png`` (training loss, mean over seeds with a min-max band) and
-    ``delta_<task>.png`` (paired Δ vs baseline with 95% CI bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for task, entry in summary.items():
-        rows = entry["variants"]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name in rows:
-            curves = [r["curve"] for r in runs if r["spec"]["task"] == task and r["spec"]["variant"]["name"] == name]
-            steps = [p[0] for p in curves[0]]
-            per_step = list(zip(*[[p[1] for p in c] for c in curves]))
-            ax.plot(steps, [sum(v) / len(v) for v in per_step], label=name)
-            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2)
-        ax.set(xlabel="step", ylabel="training loss", title=f"{task}: training loss (mean, min-max over seeds)")
-        ax.legend(fontsize=8)
-        paths.append(out / f"curves_{task}.png")
-        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-        plt.close(fig)
-
-        if task == "mqar" and all("auc" in row for row in rows.values()):
-            paths.append(_plot_accuracy(rows, runs, out))
-        deltas = [(n, r["delta"]) for n, r in rows.items() if r["delta"] is not None]
-        if not deltas:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(deltas)))
-        ys = range(len(deltas))
-        ax.errorbar([d["mean"] for _, d in deltas], ys, xerr=[d["half_width"] or 0 for _, d in deltas], fmt="o", capsize=4)
-        ax.axvline(0, color="grey", lw=1)
-        ax.set_yticks(list(ys), [n for n, _ in deltas])
-        ax.set(xlabel=f"paired Δ {_METRIC[task][1]} vs {baseline} (95% CI)", title=f"{task}: difference to {baseline}")
-        paths.append(out / f"delta_{task}.png")
-        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-        plt.close(fig)
-    return paths
-
-
-def _plot_accuracy(rows: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> Path:
-    """``accuracy_mqar.png``: held-out MQAR accuracy along training, one thin line per run."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, name in enumerate(rows):
-        for j, run in enumerate(r for r in runs if r["spec"]["task"] == "mqar" and r["spec"]["variant"]["name"] == name):
-            steps, accs = zip(*run["accuracy_curve"])
-            ax.plot(steps, accs, color=f"C{i}", lw=1, alpha=0.8, label=name if j == 0 else None)
-    ax.axhline(SOLVED, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="step", ylabel="held-out accuracy", title="mqar: accuracy along training (one line per seed)")
-    ax.legend(fontsize=8)
-    path = out / "accuracy_mqar.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def cost_line(runs: list[dict[str, Any]]) -> str:
     """Runs, their summed training time, and the wall time from the first start to the last finish
     (an interrupted and resumed study includes the pause)."""
@@ -289,10 +231,9 @@ def cost_line(runs: list[dict[str, Any]]) -> str:
     return text + "."
 
 
-def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True,
-                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Render ``summary.json``, ``results.md`` and the PNGs in ``out`` from ``runs`` (default: all
-    of ``out/runs.jsonl``)."""
+def write_report(out: str | Path, baseline: str = "baseline", runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Render ``summary.json`` and ``results.md`` in ``out`` from ``runs`` (default: all of
+    ``out/runs.jsonl``); the PNGs are :func:`recipes.experiments.study_plots.plot`'s."""
     out = Path(out)
     runs = load_runs(out / "runs.jsonl") if runs is None else runs
     if not runs:
@@ -300,6 +241,4 @@ def write_report(out: str | Path, baseline: str = "baseline", plots: bool = True
     summary = summarize(runs, baseline)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(format_markdown(summary, baseline) + "\n" + cost_line(runs) + "\n")
-    if plots:
-        plot(summary, runs, out, baseline)
     return summary
