@@ -110,6 +110,16 @@ def test_learning_speed_hand_computed(tmp_path):
     assert names == {"curves_mqar.png", "delta_mqar.png", "accuracy_mqar.png"}
 
 
+def test_wall_time_is_the_union_of_run_intervals():
+    """Two workers overlap; a resumed study's pause (here 1000 s) is not wall time."""
+    assert study_report.busy_seconds([(0, 10), (5, 12), (1000, 1003), (1001, 1002)]) == 15
+    assert study_report.busy_seconds([]) == 0
+    runs = [{"seconds": 10.0, "finished_at": 10.0}, {"seconds": 7.0, "finished_at": 12.0},
+            {"seconds": 3.0, "finished_at": 1003.0}]
+    assert study_report.cost_line(runs) == ("3 runs; 0.3 minutes of training summed over runs (one thread each); "
+                                            "wall time 0.2 minutes with runs in progress.")
+
+
 # --- the runner -----------------------------------------------------------------------------
 
 def test_resume_runs_only_the_unfinished_runs(tmp_path, monkeypatch):

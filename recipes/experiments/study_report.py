@@ -219,15 +219,24 @@ def _speed_table(rows: dict[str, Any], steps: int, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: time with at least one run in progress."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def cost_line(runs: list[dict[str, Any]]) -> str:
-    """Runs, their summed training time, and the wall time from the first start to the last finish
-    (an interrupted and resumed study includes the pause)."""
+    """Runs, their summed training time, and the wall time during which at least one run was
+    training (a study resumed in a later session does not count the pause)."""
     train = sum(r["seconds"] for r in runs)
     text = f"{len(runs)} runs; {train / 60:.1f} minutes of training summed over runs (one thread each)"
-    stamps = [r for r in runs if "finished_at" in r]
+    stamps = [(r["finished_at"] - r["seconds"], r["finished_at"]) for r in runs if "finished_at" in r]
     if stamps:
-        wall = max(r["finished_at"] for r in stamps) - min(r["finished_at"] - r["seconds"] for r in stamps)
-        text += f"; wall time {wall / 60:.1f} minutes"
+        text += f"; wall time {busy_seconds(stamps) / 60:.1f} minutes with runs in progress"
     return text + "."
 
 
