@@ -1,0 +1,85 @@
+"""The prose conclusion of docs/results.md, checked against the committed study results.
+
+The conclusion is written by hand from docs/results/study/summary.json; these assertions are its
+claims, one by one. A rerun of the study that changes any of them fails here until the
+conclusion (and these assertions) are rewritten to what the new numbers say.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "study" / "summary.json"
+
+
+@pytest.fixture(scope="module")
+def study() -> dict:
+    return json.loads(SUMMARY.read_text())
+
+
+def _excludes_zero(delta: dict) -> bool:
+    return abs(delta["mean"]) > delta["half_width"]
+
+
+def _solved(row: dict) -> int:
+    return round(row["solve_rate"] * len(row["seeds"]))
+
+
+def test_every_variant_has_five_seeds(study):
+    for task in ("lm", "mqar"):
+        assert {len(row["seeds"]) for row in study[task]["variants"].values()} == {5}
+
+
+def test_lm_claims(study):
+    rows = study["lm"]["variants"]
+    deltas = {name: row["delta"] for name, row in rows.items() if name != "baseline"}
+    assert all(d["mean"] < 0 for d in deltas.values())  # every reuse strategy's mean Δ is negative
+    excluding = {name for name, d in deltas.items() if _excludes_zero(d)}
+    assert excluding == {"hyper", "static", "mudd", "satformer-bias", "satformer-sigmoid", "satformer-last4"}
+    # "gain the most": the four named ones ahead of sigmoid and last4
+    top = sorted(deltas, key=lambda n: deltas[n]["mean"])[:4]
+    assert set(top) == {"hyper", "static", "mudd", "satformer-bias"}
+    for name in ("satformer", "dense"):  # intervals contain 0 and end just above it
+        upper = deltas[name]["mean"] + deltas[name]["half_width"]
+        assert 0 < upper < 0.01, name
+    assert rows["satformer"]["delta"]["sd"] == max(d["sd"] for d in deltas.values())  # spreads the most
+
+
+def test_mqar_claims(study):
+    rows = study["mqar"]["variants"]
+    solved = {name: _solved(row) for name, row in rows.items()}
+    assert solved == {"baseline": 0, "static": 5, "mudd": 4, "satformer-bias": 2, "satformer": 1,
+                      "dense": 0, "hyper": 0, "satformer-sigmoid": 0}
+    for key in ("delta", "auc_delta"):  # only static and MUDDFormer exclude 0, final and over training
+        excluding = {n for n, row in rows.items() if n != "baseline" and _excludes_zero(row[key])}
+        assert excluding == {"static", "mudd"}, key
+    auc = {name: row["auc"]["mean"] for name, row in rows.items()}
+    assert sorted(auc, key=auc.get)[-2:] in (["mudd", "static"], ["static", "mudd"])
+    first = [(s, m) for s, m in zip(rows["static"]["steps_to_solve"], rows["mudd"]["steps_to_solve"]) if s and m]
+    assert any(s < m for s, m in first) and any(m < s for s, m in first)  # which recalls first varies
+
+
+def test_ranking_and_gate_claims(study):
+    lm, mqar = study["lm"]["variants"], study["mqar"]["variants"]
+    assert lm["static"]["delta"]["mean"] < lm["satformer"]["delta"]["mean"]  # static at least as good on LM
+    assert mqar["static"]["estimate"]["mean"] > mqar["satformer"]["estimate"]["mean"]  # and better on recall
+    gap = lm["satformer"]["delta"]["mean"] - lm["static"]["delta"]["mean"]
+    recovered = lm["satformer"]["delta"]["mean"] - lm["satformer-bias"]["delta"]["mean"]
+    assert recovered > gap / 2  # the bias recovers most of the LM gap to static
+    assert _solved(mqar["satformer-bias"]) > _solved(mqar["satformer"])
+    assert not _excludes_zero(mqar["satformer-bias"]["delta"])
+    # the sigmoid gate also starts half open, gains less on LM than the biased relu gate, never recalls
+    assert lm["satformer-sigmoid"]["delta"]["mean"] > lm["satformer-bias"]["delta"]["mean"]
+    assert _solved(mqar["satformer-sigmoid"]) == 0
+
+
+def test_demo_noise_claims():
+    """docs/results.md, "The demo's noise scale"."""
+    demo = json.loads((SUMMARY.parents[1] / "demo" / "summary.json").read_text())
+    deltas = {n: row["delta"] for n, row in demo["lm"]["variants"].items() if n != "baseline"}
+    assert {n for n, d in deltas.items() if _excludes_zero(d) and d["mean"] < 0} == {"static", "satformer"}
+    assert {n for n, d in deltas.items() if _excludes_zero(d)} == {"static", "satformer"}
+    assert all(_solved(row) == 0 for row in demo["mqar"]["variants"].values())
