@@ -83,3 +83,19 @@ def test_demo_noise_claims():
     assert {n for n, d in deltas.items() if _excludes_zero(d) and d["mean"] < 0} == {"static", "satformer"}
     assert {n for n, d in deltas.items() if _excludes_zero(d)} == {"static", "satformer"}
     assert all(_solved(row) == 0 for row in demo["mqar"]["variants"].values())
+
+
+def test_benchmark_page_claims():
+    """docs/benchmarks.md, "Against the targets" and "Findings", against bench_cpu.json."""
+    bench = json.loads((SUMMARY.parents[1] / "bench" / "bench_cpu.json").read_text())
+    row = {(r["label"], r["mode"]): r for r in bench["main"]}
+    assert row["satformer", "compiled"]["rel_time"] <= 1.03  # met at the median (compiled)
+    assert row["satformer", "compiled"]["spread"] >= 0.01  # ... with a spread about as wide as the margin
+    assert max(row["satformer", m]["rel_memory"] for m in ("eager", "compiled")) <= 1.02
+    assert 1.0 < row["satformer", "eager"]["rel_time"] < 1.1  # "a few per cent"
+    from recipes.bench.report import stack_speedups  # the page's stack ÷ buffer table
+
+    speedups = stack_speedups(bench["main"])
+    assert {(s, m) for s, m, _ in speedups} == {(s, m) for s in ("dense", "mudd") for m in ("eager", "compiled")}
+    for _, _, ratios in speedups:  # whole tiny model: every time ratio below 1.3; the buffer saves memory
+        assert ratios["rel_time"] < 1.3 and ratios["rel_memory"] > 1
