@@ -35,6 +35,7 @@ DENSE_TESTS = ("tests/test_reference_model.py", "tests/test_dense_strategies.py"
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests/test_value_strategies.py",
                 "tests/test_dense_strategies.py")
 CKPT_TESTS = ("tests/test_checkpoint.py",)
+STUDY_TESTS = ("tests/test_study.py",)
 
 
 class Mutant(NamedTuple):
@@ -141,6 +142,21 @@ MUTANTS = [
            "checkpoint_dirs(root)[:-keep - 1]", CKPT_TESTS),
     Mutant("checkpoint: oldest taken as latest", "recipes/train/checkpoint.py", "return dirs[-1] if dirs", "return dirs[0] if dirs",
            CKPT_TESTS),
+    # HF wrapper and the study's statistics
+    Mutant("hf: RoPE tables not rebuilt after from_pretrained", "recipes/interop/hf.py", "            module.reset_rope()",
+           "            pass", ("tests/test_hf.py",)),
+    Mutant("study: unpaired Δ (means of all seeds)", "recipes/experiments/study_report.py",
+           "return mean_ci([values[s] - base[s] for s in seeds]) if seeds else None",
+           "return mean_ci([values[s] - sum(base.values()) / len(base) for s in seeds]) if seeds else None", STUDY_TESTS),
+    Mutant("study: accuracy AUC from the final point", "recipes/experiments/study_report.py",
+           "return sum(a for _, a in curve) / len(curve) if curve else None", "return curve[-1][1] if curve else None",
+           STUDY_TESTS),
+    Mutant("study: solved step one evaluation late", "recipes/experiments/study_report.py",
+           "if a >= SOLVED), None)", "if a > SOLVED), None)", STUDY_TESTS),
+    Mutant("study: wall time ignores overlap", "recipes/experiments/study_report.py",
+           "total += end - max(start, reach)", "total += end - start", STUDY_TESTS),
+    Mutant("study: accuracy curve evaluated one step early", "recipes/experiments/study_run.py",
+           "if n in ends:", "if n + 1 in ends:", STUDY_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
