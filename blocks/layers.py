@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from value_routing.strategies.base import rms_normalize
 from value_routing.typing import Float, Int, Tensor
 
 
@@ -18,8 +19,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if scale else None
 
     def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; keep fp64
-        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        out = rms_normalize(x, self.eps)  # in fp32 at least; fp64 stays fp64
         return out * self.weight if self.weight is not None else out
 
 

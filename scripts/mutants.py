@@ -57,7 +57,7 @@ MUTANTS = [
     Mutant("model: output projections not scaled at init", "recipes/config.py",
            "self.init_std / math.sqrt(2 * self.n_layers) if", "self.init_std if", MODEL_TESTS),
     # blocks
-    Mutant("blocks: RMSNorm without eps", "blocks/layers.py", "keepdim=True) + self.eps)", "keepdim=True))", MODEL_TESTS),
+    Mutant("blocks: RMSNorm without eps", STRATEGIES + "base.py", "keepdim=True) + eps)", "keepdim=True))", MODEL_TESTS),
     Mutant("blocks: RoPE rotation sign", "blocks/layers.py", "x2 * c + x1 * s", "x2 * c - x1 * s", MODEL_TESTS),
     Mutant("blocks: RoPE frequencies", "blocks/layers.py", "dtype=torch.float64) / head_dim)",
            "dtype=torch.float64) / (head_dim + 2))", MODEL_TESTS),

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from value_routing.typing import Float, Tensor
@@ -122,3 +123,11 @@ def check_layer(layer: int, n_layers: int) -> None:
     """Raise a ValueError naming ``layer`` if it is outside ``[0, n_layers)``."""
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer must be in [0, {n_layers}), got {layer}")
+
+
+def rms_normalize(x: Float[Tensor, "... dim"], eps: float) -> Float[Tensor, "... dim"]:
+    r""":math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}` over the last axis, computed in float32 at
+    least (float64 stays float64), returned in ``x``'s dtype. The blocks' ``RMSNorm`` and the
+    strategies' own norms share it."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check_layer, rms_normalize
 from value_routing.strategies.depth_states import (
     DepthStates,
     aggregate_depth_states,
@@ -67,12 +67,6 @@ MUDD_STREAMS: tuple[str, ...] = ("q", "k", "v", "r")
 MUDD_FORMS: tuple[str, ...] = ("ours", "authors")
 #: Initial post-aggregation norm scale of the authors' form.
 POST_NORM_INIT = 1e-3
-
-
-def rms_normalize(x: Tensor, eps: float) -> Tensor:
-    r""":math:`x / \sqrt{\mathrm{mean}(x^2) + \epsilon}` over the last axis, in float32 at least."""
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class MuddState(NamedTuple):
@@ -170,4 +164,3 @@ class DynamicDenseAggregation(Strategy):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_layers={self.n_layers}, impl={self.impl!r}, form={self.form!r}"
-
