@@ -52,8 +52,8 @@ MUTANTS = [
     Mutant("model: V1 from layer 1", "recipes/model.py", "if i == 0:", "if i <= 1:", MODEL_TESTS),
     Mutant("model: V1 detached", "recipes/model.py", "v1 = out.v_raw.contiguous() if", "v1 = out.v_raw.detach() if", MODEL_TESTS),
     Mutant("model: finalize skipped", "recipes/model.py", "self.norm(self.strategy.finalize(x, state))", "self.norm(x)", DENSE_TESTS),
-    Mutant("model: cache length off by one", "recipes/model.py", "KVCache(cache.layers, offset + seq)",
-           "KVCache(cache.layers, offset + seq - (seq > 1))", MODEL_TESTS),
+    Mutant("model: cache length off by one", "recipes/model.py", "KVCache(cache.layers, offset + seq, cache.keep",
+           "KVCache(cache.layers, offset + seq - (seq > 1), cache.keep", MODEL_TESTS),
     Mutant("model: output projections not scaled at init", "recipes/config.py",
            "self.init_std / math.sqrt(2 * self.n_layers) if", "self.init_std if", MODEL_TESTS),
     # blocks
@@ -129,7 +129,7 @@ MUTANTS = [
            "m = 2 * layer + sublayer + 1", "m = 2 * layer + 2 * sublayer", DENSE_TESTS),
     # checkpoint
     Mutant("checkpoint: resume skips the RNG restore", "recipes/train/checkpoint.py",
-           'set_rng_state(load_file(str(rng_path)), _metadata(rng_path)["rng"])', "None", CKPT_TESTS),
+           'set_rng_state(load_file(str(rng_path)), read_metadata(rng_path)["rng"])', "None", CKPT_TESTS),
     Mutant("checkpoint: RNG not restored", "recipes/train/checkpoint.py", "    torch.set_rng_state(tensors[\"torch\"])",
            "    pass", CKPT_TESTS),
     Mutant("checkpoint: numpy RNG not restored", "recipes/train/checkpoint.py", "    np.random.set_state(",
