@@ -86,14 +86,11 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0{' or None' if name in _OPTIONAL else ''}, got {value}")
-        for name in ("qk_norm", "tie_embeddings", "ffn_realloc"):
+        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "fuse_gate_projection", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_choice(self, "strategy", STRATEGIES)
         check_choice(self, "attention_backend", BACKENDS)
-        for name in ("fuse_gate_projection", "activation_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self._check_strategy_options()
 
     def _check_strategy_options(self) -> None:
