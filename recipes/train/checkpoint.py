@@ -47,10 +47,10 @@ from recipes.train.integrity import (
     MODEL_FILE,
     OPTIM_FILE,
     STATE_FILE,
-    STEP_DIR,
     file_records,
     read_metadata,
     resumable_checkpoint,
+    step_dirs,
     verify_checkpoint,
 )
 
@@ -166,12 +166,7 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
 # -------------------------------------------------------------------------- checkpoint
 def checkpoint_dirs(ckpt_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints under ``ckpt_dir``, oldest first (temporary directories are ignored)."""
-    root = Path(ckpt_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
+    return [p for p in step_dirs(ckpt_dir) if (p / STATE_FILE).is_file()]
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:

@@ -22,6 +22,16 @@ MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
+def step_dirs(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The ``step_*`` directories under ``ckpt_dir``, oldest first, complete or not (the
+    ``.tmp-step_*`` directories of a save in progress never match)."""
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """The JSON metadata of a safetensors file; a ValueError naming the file if it cannot be read."""
     try:
@@ -86,11 +96,8 @@ def resumable_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list
     ``(None, [])`` when there is no checkpoint at all. When every ``step_*`` directory is damaged
     this raises a ValueError listing them: resuming must not silently start from scratch.
     """
-    root = Path(ckpt_dir)
-    steps = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()),
-                   reverse=True) if root.is_dir() else []
     skipped: list[tuple[Path, str]] = []
-    for _, path in steps:
+    for path in reversed(step_dirs(ckpt_dir)):
         try:
             verify_checkpoint(path)
             return path, skipped
@@ -98,5 +105,5 @@ def resumable_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list
             skipped.append((path, str(err)))
     if skipped:
         reasons = "; ".join(reason for _, reason in skipped)
-        raise ValueError(f"no valid checkpoint in {root} to resume from (nothing was deleted): {reasons}")
+        raise ValueError(f"no valid checkpoint in {Path(ckpt_dir)} to resume from (nothing was deleted): {reasons}")
     return None, []
