@@ -186,8 +186,8 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     train_windows, val_windows = load_data(cfg)
     model, model_cfg = build_model(cfg, ctx)
     optimizer = make_optimizer(model, cfg)
-    loss_fn = chunked_lm_loss if cfg.chunked_ce else lm_loss
-    loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
+    eval_loss = chunked_lm_loss if cfg.chunked_ce else lm_loss
+    loss_fn = torch.compile(eval_loss) if cfg.compile else eval_loss
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     step, samples = 0, 0
@@ -228,7 +228,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
             tick, tick_step = time.perf_counter(), step
         log(msg, step=step, loss=loss, lr=lr)
         if val_windows is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
-            val_loss = evaluate(model, val_windows, cfg, ctx, autocast, chunked_lm_loss if cfg.chunked_ce else lm_loss)
+            val_loss = evaluate(model, val_windows, cfg, ctx, autocast, eval_loss)
             log(f"step {step:>6} val loss {val_loss:.4f}", event="eval", step=step, val_loss=val_loss)
         if cfg.ckpt_dir and ((cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == stop):
             state = {"samples": samples, "config": asdict(cfg)}
