@@ -21,10 +21,16 @@ def _corpus(max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return embedded_corpus(max_bytes)
 
 
+def _window_ends(steps: int, points: int) -> range:
+    """Last step (1-based) of each of ``points`` equal windows over ``steps`` (fewer if steps < points)."""
+    size = max(1, steps // points)
+    return range(size, steps + 1, size)
+
+
 def _windows(losses: list[float], points: int) -> list[list[float]]:
-    """``[last step, mean loss]`` of ``points`` equal windows over the steps (fewer if steps < points)."""
-    size = max(1, len(losses) // points)
-    return [[i + size, sum(losses[i : i + size]) / size] for i in range(0, len(losses) - size + 1, size)]
+    """``[last step, mean loss]`` of the windows of :func:`_window_ends`."""
+    ends = _window_ends(len(losses), points)
+    return [[end, sum(losses[end - ends.step : end]) / ends.step] for end in ends]
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +59,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             next_batch, loss_fn = (lambda: mqar_batch(task, cfg.batch_size, gen)), model_mqar_loss
         accuracy_curve: list[list[float]] = []
         after_step = None
-        if spec["task"] == "mqar":  # held-out accuracy at the end of every curve window (own RNG: the
-            ends = {int(w[0]) for w in _windows([0.0] * cfg.steps, spec["curve_points"])}  # run is unchanged)
+        if spec["task"] == "mqar":  # held-out accuracy where each loss window ends (own RNG: run unchanged)
+            ends = set(_window_ends(cfg.steps, spec["curve_points"]))
 
             def after_step(n: int) -> None:
                 if n in ends:
