@@ -1,9 +1,8 @@
 """Complete causal language models built from :mod:`value_routing` and :mod:`blocks`.
 
-The top level is the LM recipe itself — configuration (:mod:`recipes.config`), builders
-(:mod:`recipes.builders`), the model (:mod:`recipes.model`) and generation
-(:mod:`recipes.generate`). Each subpackage is one concern:
+Each subpackage is one concern; the package re-exports the user-facing names of the first:
 
+- :mod:`recipes.lm` — the LM recipe itself: configuration, builders, the model, generation, checks;
 - :mod:`recipes.data` — the embedded corpus, pre-tokenized shards, tokenizers;
 - :mod:`recipes.train` — optimiser, schedule and train step shared by every loop; pretraining and
   checkpoints;
@@ -16,20 +15,22 @@ The top level is the LM recipe itself — configuration (:mod:`recipes.config`),
 Imports point down that list (a subpackage never imports one listed after it) and never circle.
 """
 
-from recipes.builders import (
+from recipes.lm import (
     BUILDERS,
     SIZES,
+    CausalLM,
+    KVCache,
+    ModelConfig,
     denseformer,
+    generate,
     hyperconnections,
     model_config,
     muddformer,
     resformer,
+    sample,
     satformer,
     transformer,
 )
-from recipes.config import ModelConfig
-from recipes.generate import generate, sample
-from recipes.model import CausalLM, KVCache
 
 __all__ = [
     "BUILDERS",

@@ -17,7 +17,7 @@ import torch
 
 from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
 from recipes.experiments.study_config import VARIANTS, Shape, study_model_config
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, make_optimizer, train_step
 
 

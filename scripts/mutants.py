@@ -49,12 +49,12 @@ class Mutant(NamedTuple):
 STRATEGIES = "value_routing/strategies/"
 MUTANTS = [
     # model
-    Mutant("model: V1 from layer 1", "recipes/model.py", "if i == 0:", "if i <= 1:", MODEL_TESTS),
-    Mutant("model: V1 detached", "recipes/model.py", "v1 = out.v_raw.contiguous() if", "v1 = out.v_raw.detach() if", MODEL_TESTS),
-    Mutant("model: finalize skipped", "recipes/model.py", "self.norm(self.strategy.finalize(x, state))", "self.norm(x)", DENSE_TESTS),
-    Mutant("model: cache length off by one", "recipes/model.py", "KVCache(cache.layers, offset + seq, cache.keep",
+    Mutant("model: V1 from layer 1", "recipes/lm/model.py", "if i == 0:", "if i <= 1:", MODEL_TESTS),
+    Mutant("model: V1 detached", "recipes/lm/model.py", "v1 = out.v_raw.contiguous() if", "v1 = out.v_raw.detach() if", MODEL_TESTS),
+    Mutant("model: finalize skipped", "recipes/lm/model.py", "self.norm(self.strategy.finalize(x, state))", "self.norm(x)", DENSE_TESTS),
+    Mutant("model: cache length off by one", "recipes/lm/model.py", "KVCache(cache.layers, offset + seq, cache.keep",
            "KVCache(cache.layers, offset + seq - (seq > 1), cache.keep", MODEL_TESTS),
-    Mutant("model: output projections not scaled at init", "recipes/config.py",
+    Mutant("model: output projections not scaled at init", "recipes/lm/config.py",
            "self.init_std / math.sqrt(2 * self.n_layers) if", "self.init_std if", MODEL_TESTS),
     # blocks
     Mutant("blocks: RMSNorm without eps", STRATEGIES + "base.py", "keepdim=True) + eps)", "keepdim=True))", MODEL_TESTS),

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from recipes.eval.analyze import TOKEN_CLASSES, analyze_gates, gate_values, token_classes, write_report
-from recipes.builders import model_config, satformer
-from recipes.model import CausalLM, _LayerMix
+from recipes.lm.builders import model_config, satformer
+from recipes.lm.model import CausalLM, _LayerMix
 from value_routing.attention import AttentionMask, get_backend
 from value_routing.strategies import BlockInput
 

@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from recipes.builders import satformer
-from recipes.model import CausalLM
+from recipes.lm.builders import satformer
+from recipes.lm.model import CausalLM
 from value_routing.attention import AttentionMask, backends, get_backend, sdpa_attention
 
 UNSUPPORTED = "No operator found for `memory_efficient_attention_forward` with inputs (simulated)"

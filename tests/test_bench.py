@@ -21,7 +21,7 @@ TINY = bench_measure.BenchConfig(batch=2, seq_len=8, n_layers=2, warmup=1, round
 @pytest.fixture(scope="module")
 def small_size():
     """A 32-wide size for the bench (registered for this module only)."""
-    from recipes.builders import SIZES
+    from recipes.lm.builders import SIZES
 
     SIZES["bench_test"] = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=64)
     yield "bench_test"

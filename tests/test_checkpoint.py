@@ -17,9 +17,9 @@ from safetensors import safe_open
 
 from recipes.train import checkpoint as ckpt
 from recipes.train import pretrain
-from recipes.builders import satformer
+from recipes.lm.builders import satformer
 from recipes.data import embedded_corpus
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from recipes.data.shards import write_shard
 from recipes.train import TrainConfig, make_optimizer
 

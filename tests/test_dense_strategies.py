@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.overrides import TorchFunctionMode
 
-from recipes.builders import BUILDERS, denseformer, hyperconnections, muddformer
-from recipes.config import ModelConfig
-from recipes.model import CausalLM, KVCache
+from recipes.lm.builders import BUILDERS, denseformer, hyperconnections, muddformer
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM, KVCache
 from value_routing import DenseAggregation, DynamicDenseAggregation, HyperConnections
 from value_routing.strategies.base import BlockInput
 from value_routing.strategies.depth_states import aggregate_depth_states, append_depth_state, init_depth_states

@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks import CausalSelfAttention, rope_tables
-from recipes.config import ModelConfig
-from recipes.model import CausalLM, KVCache
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM, KVCache
 from value_routing import AttentionMask, SelectiveGate, get_backend
 from value_routing.strategies import NoReuse, StaticValueResidual
 

@@ -14,10 +14,10 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from recipes.builders import BUILDERS  # noqa: E402
-from recipes.generate import generate  # noqa: E402
+from recipes.lm.builders import BUILDERS  # noqa: E402
+from recipes.lm.generate import generate  # noqa: E402
 from recipes.interop.hf import SATConfig, SATForCausalLM  # noqa: E402
-from recipes.model import CausalLM  # noqa: E402
+from recipes.lm.model import CausalLM  # noqa: E402
 
 DIMS = dict(vocab_size=256, d_model=32, n_layers=3, n_heads=2, n_kv_heads=1, max_seq_len=96)
 

@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("value_routing", "blocks", "recipes")
 
 #: Layers from the bottom up: a module may import only from its own layer or a lower one.
-#: Inside ``recipes`` the top-level modules (config, builders, model, generate, validate) are the LM
-#: recipe every subpackage builds on.
+#: ``recipes`` itself holds no code: it re-exports :mod:`recipes.lm`, the LM recipe every other
+#: subpackage builds on, so the package module sits in that layer (:data:`FACADES`).
 LAYERS = (
     "value_routing",
     "blocks",
-    "recipes",
+    "recipes.lm",
     "recipes.data",
     "recipes.train",
     "recipes.interop",
@@ -72,9 +72,14 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     return {name: imported_modules(name, path, set(mods)) for name, path in mods.items()}
 
 
+#: Package modules that only re-export a layer: they count as part of it.
+FACADES = {"recipes": "recipes.lm"}
+
+
 def layer_of(module: str) -> int:
-    """Index in :data:`LAYERS` of the deepest layer containing ``module`` (``recipes.model`` is in
+    """Index in :data:`LAYERS` of the deepest layer containing ``module`` (``recipes.lm.model`` is in
     layer ``recipes``, ``recipes.train.optim`` in ``recipes.train``)."""
+    module = FACADES.get(module, module)
     best = -1
     for i, layer in enumerate(LAYERS):
         if module == layer or module.startswith(layer + "."):
@@ -115,7 +120,7 @@ def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
 def test_every_subpackage_is_a_known_layer():
     mods = module_files()
     packages = {n for n, p in mods.items() if p.name == "__init__.py"}
-    assert packages - set(LAYERS) <= {n for n in packages if n.startswith(("value_routing.", "blocks."))}
+    assert packages - set(LAYERS) - set(FACADES) <= {n for n in packages if n.startswith(("value_routing.", "blocks."))}
     for layer in LAYERS:
         assert layer in mods, f"layer {layer} has no package"
 
@@ -135,7 +140,7 @@ def test_recipes_reexports_the_user_facing_names():
     import recipes
 
     builders, config, generate, model = (
-        importlib.import_module(f"recipes.{m}") for m in ("builders", "config", "generate", "model")
+        importlib.import_module(f"recipes.lm.{m}") for m in ("builders", "config", "generate", "model")
     )
     homes = {
         builders: ("BUILDERS", "SIZES", "model_config", "transformer", "resformer", "satformer",
@@ -159,7 +164,7 @@ def planted(tmp_path: Path) -> Path:
         "blocks/__init__.py": "from .block import B\n",
         "blocks/block.py": "import value_routing.core\n",
         "recipes/__init__.py": "",
-        "recipes/model.py": "from blocks import B\n",
+        "recipes/lm/model.py": "from blocks import B\n",
         "recipes/train/__init__.py": "",
         "recipes/train/demo.py": "from recipes.eval import mqar\n",  # train -> eval: upward
         "recipes/eval/__init__.py": "",

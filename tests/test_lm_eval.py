@@ -15,10 +15,10 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
-from recipes.builders import satformer  # noqa: E402
-from recipes.generate import generate  # noqa: E402
+from recipes.lm.builders import satformer  # noqa: E402
+from recipes.lm.generate import generate  # noqa: E402
 from recipes.eval.lm_eval_adapter import ValueRoutingLM  # noqa: E402
-from recipes.model import CausalLM  # noqa: E402
+from recipes.lm.model import CausalLM  # noqa: E402
 
 TASKS = Path(__file__).parent / "data" / "lm_eval"
 MAX_LEN = 32  # shorter than the longest document, so rolling windows are exercised

@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
-from recipes.builders import BUILDERS, count_params, model_config, satformer
-from recipes.config import ModelConfig
-from recipes.generate import generate
+from recipes.lm.builders import BUILDERS, count_params, model_config, satformer
+from recipes.lm.config import ModelConfig
+from recipes.lm.generate import generate
 from blocks import rope_tables
-from recipes.model import CausalLM, KVCache
+from recipes.lm.model import CausalLM, KVCache
 from value_routing import STRATEGIES
 from value_routing.kernels import gate_mix_reference
 

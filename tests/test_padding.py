@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference import naive_attention
-from recipes.generate import generate
-from recipes.model import KVCache
+from recipes.lm.generate import generate
+from recipes.lm.model import KVCache
 from test_model import ALL_REGISTERED, model_for, tiny, tokens
 from value_routing.attention import AttentionMask, sdpa_attention, xformers_available, xformers_bias
 

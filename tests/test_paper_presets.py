@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from blocks import TransformerBlock, rope_tables
 from recipes.train import pretrain
-from recipes.builders import BUILDERS, model_config, muddformer, param_counts, resformer
-from recipes.config import ModelConfig, realloc_ffn_width
-from recipes.model import CausalLM
+from recipes.lm.builders import BUILDERS, model_config, muddformer, param_counts, resformer
+from recipes.lm.config import ModelConfig, realloc_ffn_width
+from recipes.lm.model import CausalLM
 from recipes.train import OptimConfig, make_optimizer
 from value_routing import DynamicDenseAggregation, HyperConnections
 from value_routing.attention import AttentionMask, get_backend

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import reference_model as ref
-from recipes.config import ModelConfig
-from recipes.model import CausalLM, KVCache
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM, KVCache
 from value_routing import STRATEGIES
 
 CASES = [

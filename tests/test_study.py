@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.builders import BUILDERS
+from recipes.lm.builders import BUILDERS
 from recipes.data import embedded_corpus
 from recipes.experiments import study
 from recipes.experiments.study_config import PRESETS, VARIANTS, Shape, StudyConfig, Task, study_model_config
@@ -220,7 +220,7 @@ def test_demo_preset_runs_exactly_the_demo():
     """--preset demo measures the noise of the demo's own settings (models, budget, data), per seed."""
     from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, mqar_model_config
     from recipes.experiments.study_config import demo_preset
-    from recipes.config import ModelConfig
+    from recipes.lm.config import ModelConfig
 
     specs = study.plan(demo_preset())
     assert len(specs) == 4 * 2 * len(BUILDERS)

@@ -44,7 +44,7 @@ from torch import nn
 from recipes.bench.counters import process_counters
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import measured_keys
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.strategies.base import ModelDims
 from value_routing.strategies.depth_states import DEPTH_IMPLS

@@ -34,8 +34,8 @@ import torch
 
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import describe_machine
-from recipes.builders import SIZES, model_config
-from recipes.model import CausalLM
+from recipes.lm.builders import SIZES, model_config
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, chunked_lm_loss, lm_loss, make_optimizer
 
 #: ``label -> (loss function, activation checkpointing)``; ``plain`` first (the ratios' base).

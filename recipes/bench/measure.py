@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from recipes.bench.counters import process_counters
-from recipes.builders import BUILDERS, SIZES, model_config
-from recipes.config import ModelConfig
-from recipes.model import CausalLM
+from recipes.lm.builders import BUILDERS, SIZES, model_config
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, lm_loss, make_optimizer
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 from value_routing import strategies as strategies_module
 from value_routing.strategies import STRATEGIES, Strategy
 

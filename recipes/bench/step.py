@@ -42,7 +42,7 @@ import torch
 
 from recipes.bench.counters import process_counters
 from recipes.bench.measure import BenchConfig, Variant, discover_variants, measure
-from recipes.builders import SIZES
+from recipes.lm.builders import SIZES
 
 
 def sweep(

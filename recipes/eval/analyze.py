@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from value_routing.strategies import SelectiveGate
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
@@ -203,7 +203,7 @@ def load_model(checkpoint: str | Path, size: str = "tiny", act: str = "relu", la
     from safetensors import safe_open
 
     from recipes.train import checkpoint as ckpt
-    from recipes.builders import satformer
+    from recipes.lm.builders import satformer
 
     path = Path(checkpoint)
     file = path / ckpt.MODEL_FILE if path.is_dir() else path
@@ -220,7 +220,7 @@ def load_model(checkpoint: str | Path, size: str = "tiny", act: str = "relu", la
 
 def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     """A tiny SATFormer trained ``steps`` steps on the embedded corpus (as in the demo)."""
-    from recipes.builders import satformer
+    from recipes.lm.builders import satformer
     from recipes.data import embedded_corpus, random_batch
     from recipes.train.optim import TrainConfig, make_optimizer, train_step
 
@@ -235,7 +235,7 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from recipes.builders import SIZES
+    from recipes.lm.builders import SIZES
     from recipes.data import embedded_corpus, random_batch
     from value_routing.kernels import GATE_ACTIVATIONS
 

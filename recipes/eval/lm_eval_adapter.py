@@ -1,6 +1,6 @@
 """An lm-evaluation-harness model for our language models, registered as ``"value_routing"``.
 
-Scores with :class:`recipes.model.CausalLM` directly (one forward per batch of requests,
+Scores with :class:`recipes.lm.model.CausalLM` directly (one forward per batch of requests,
 length-sorted and right-padded: causal attention makes the padding invisible to real tokens) and
 generates with its KV cache (batches of requests with the same options, length-sorted and
 left-padded with an attention mask). Works with the :class:`~recipes.data.ByteTokenizer` or any tokenizer
@@ -33,8 +33,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("recipes.eval.lm_eval_adapter needs lm-eval: pip install 'value_routing[eval]'") from err
 
 from recipes.data import ByteTokenizer
-from recipes.generate import sample
-from recipes.model import CausalLM, KVCache
+from recipes.lm.generate import sample
+from recipes.lm.model import CausalLM, KVCache
 
 #: Generation options ``generate_until`` understands (anything else raises).
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k")

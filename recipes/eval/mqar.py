@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recipes.builders import BUILDERS
-from recipes.config import ModelConfig
-from recipes.model import CausalLM
+from recipes.lm.builders import BUILDERS
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, fit, make_optimizer
-from recipes.validate import check_min
+from recipes.lm.checks import check_min
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from recipes.builders import BUILDERS, SIZES
-from recipes.config import ModelConfig
+from recipes.lm.builders import BUILDERS, SIZES
+from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
 from value_routing.strategies import STRATEGIES
 

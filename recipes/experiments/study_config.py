@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from recipes.builders import BUILDERS, SIZES, model_config
-from recipes.config import ModelConfig
+from recipes.lm.builders import BUILDERS, SIZES, model_config
+from recipes.lm.config import ModelConfig
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
 from recipes.train.optim import TrainConfig
-from recipes.validate import check_min
+from recipes.lm.checks import check_min
 from value_routing.strategies import STRATEGIES
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 class Shape:
     """Width and depth of a study's models. ``paper_arch``: everything else as the paper presets
     (the ``small`` size: qk-norm and its ε, init, d_ff = 4 d_model, the authors' forms of the
-    strategies, :data:`recipes.builders.PAPER_OPTIONS`); else as the demo's ``tiny`` builders."""
+    strategies, :data:`recipes.lm.builders.PAPER_OPTIONS`); else as the demo's ``tiny`` builders."""
 
     d_model: int = 128
     n_layers: int = 8

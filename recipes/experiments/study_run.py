@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import torch
 
-from recipes.config import ModelConfig
+from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
 from recipes.experiments.demo import evaluate
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
 
 

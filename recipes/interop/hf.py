@@ -1,8 +1,8 @@
 """Hugging Face ``transformers`` interop: config and model wrappers, Auto* registration.
 
 :class:`SATConfig` is a ``PretrainedConfig`` carrying every field of
-:class:`recipes.config.ModelConfig` (``strategy`` and ``strategy_options`` included);
-:class:`SATForCausalLM` wraps :class:`recipes.model.CausalLM` so that ``save_pretrained`` /
+:class:`recipes.lm.config.ModelConfig` (``strategy`` and ``strategy_options`` included);
+:class:`SATForCausalLM` wraps :class:`recipes.lm.model.CausalLM` so that ``save_pretrained`` /
 ``from_pretrained`` (safetensors), ``AutoModelForCausalLM`` and ``generate()`` work. Importing
 this module registers both under ``model_type = "value_routing"``::
 
@@ -12,7 +12,7 @@ this module registers both under ``model_type = "value_routing"``::
     hf = AutoModelForCausalLM.from_pretrained("ckpt")
     out = hf.generate(prompt, max_new_tokens=32, do_sample=False)
 
-``generate`` decodes with our preallocated :class:`~recipes.model.KVCache` passed as
+``generate`` decodes with our preallocated :class:`~recipes.lm.model.KVCache` passed as
 ``past_key_values`` (a :class:`SATCache`, grown by doubling). Prompts of different lengths
 batch with padding as usual (``tokenizer(..., padding=True)`` gives ``attention_mask``; left
 padding is the ``generate`` convention, right padding works too): every row continues as it
@@ -34,8 +34,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("recipes.interop.hf needs transformers: pip install 'value_routing[hf]'") from err
 
 from blocks import LayerCache
-from recipes.config import ModelConfig
-from recipes.model import CausalLM, KVCache
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM, KVCache
 
 MODEL_TYPE = "value_routing"
 _FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))

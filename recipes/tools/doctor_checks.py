@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from recipes.bench.measure import BenchConfig, Variant, measure
-from recipes.builders import BUILDERS, SIZES
-from recipes.config import ModelConfig
-from recipes.model import CausalLM, KVCache
+from recipes.lm.builders import BUILDERS, SIZES
+from recipes.lm.config import ModelConfig
+from recipes.lm.model import CausalLM, KVCache
 from recipes.train import lm_loss
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 from value_routing.attention import AttentionMask, sdpa_attention, xformers_attention
 from value_routing.attention.backends import xformers_unavailable_reason
 from value_routing.kernels import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from recipes.builders import BUILDERS, param_counts
+from recipes.lm.builders import BUILDERS, param_counts
 
 
 def format_params(counts: dict[str, dict[str, int]] | None = None) -> str:

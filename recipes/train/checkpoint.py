@@ -249,9 +249,9 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Rebuild a :class:`recipes.model.CausalLM` from a checkpoint directory or ``model.safetensors``."""
-    from recipes.config import ModelConfig
-    from recipes.model import CausalLM
+    """Rebuild a :class:`recipes.lm.model.CausalLM` from a checkpoint directory or ``model.safetensors``."""
+    from recipes.lm.config import ModelConfig
+    from recipes.lm.model import CausalLM
 
     path = Path(path)
     if path.is_dir() and (path / STATE_FILE).exists():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 
 #: Which parameters AdamW decays: matrices only (ours) or all (the SATFormer authors' code).
 DECAY_RULES: tuple[str, ...] = ("matrices", "all")

@@ -33,10 +33,10 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from recipes.builders import SIZES, model_config
+from recipes.lm.builders import SIZES, model_config
 from recipes.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
-from recipes.model import CausalLM
+from recipes.lm.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
 from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer

@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from recipes.builders import SIZES
+from recipes.lm.builders import SIZES
 from recipes.data.shards import SHARD_FORMATS
 from recipes.train.optim import OptimConfig
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.

@@ -1,15 +1,34 @@
-"""Eager checks of what callers pass to :class:`recipes.model.CausalLM`: token ids and padding masks.
+"""Checks that raise a ValueError naming the argument (or field), the allowed values and the value given.
 
-Each raises a ValueError naming the argument and the allowed values. The value checks read the
-tensors' contents (one host sync), so the model runs them only outside ``torch.compile``
-(:func:`torch.compiler.is_compiling`): a compiled graph neither breaks nor syncs for them.
+Two kinds: field checks of the recipes' frozen config dataclasses (:func:`check_min`,
+:func:`check_choice`), and eager checks of what callers pass to :class:`recipes.lm.model.CausalLM`:
+token ids, padding masks and targets. The tensor checks read the tensors' contents (one host
+sync), so the model runs them only outside ``torch.compile`` (:func:`torch.compiler.is_compiling`):
+a compiled graph neither breaks nor syncs for them.
 """
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import torch
 
 from value_routing.typing import Tensor
+
+
+def check_min(config: Any, minimum: int, *names: str) -> None:
+    """Every field in ``names`` of ``config`` is ``>= minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_choice(config: Any, name: str, allowed: Iterable[Any]) -> None:
+    """Field ``name`` of ``config`` is one of ``allowed``."""
+    allowed, value = tuple(allowed), getattr(config, name)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def check_tokens(tokens: object, vocab_size: int) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from recipes.inputs import check_attention_mask, check_tokens
-from recipes.model import CausalLM, KVCache
+from recipes.lm.checks import check_attention_mask, check_tokens
+from recipes.lm.model import CausalLM, KVCache
 from value_routing.typing import Int, Tensor
 
 

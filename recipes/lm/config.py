@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import torch
 
-from recipes.validate import check_choice, check_min
+from recipes.lm.checks import check_choice, check_min
 from value_routing.attention import BACKENDS
 from value_routing.strategies import STRATEGIES, ModelDims, build_strategy
 

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from blocks import LayerCache, RMSNorm, TransformerBlock, rope_tables
-from recipes.config import ModelConfig
-from recipes.inputs import check_attention_mask, check_targets, check_tokens
+from recipes.lm.config import ModelConfig
+from recipes.lm.checks import check_attention_mask, check_targets, check_tokens
 from value_routing.attention import AttentionMask, get_backend
 from value_routing.kernels import linear_cross_entropy
 from value_routing.strategies import build_strategy

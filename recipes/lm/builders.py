@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from recipes.config import ModelConfig
+from recipes.lm.config import ModelConfig
 from value_routing.strategies import STRATEGIES
 
 #: What every paper size shares (the authors' configs, all models).
@@ -135,7 +135,7 @@ BUILDERS = {
 
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
-    from recipes.model import CausalLM
+    from recipes.lm.model import CausalLM
 
     with torch.device("meta"):
         return CausalLM(cfg).num_params()
