@@ -1,12 +1,13 @@
-"""Transformer blocks that take a value-routing strategy."""
+"""Transformer blocks that take a value-routing strategy, and the registry they are built from."""
 
-from blocks.attention import AttentionOutput, CausalSelfAttention, LayerCache
-from blocks.block import BlockOutput, TransformerBlock
+from blocks.attention import AttentionContext, CausalSelfAttention, LayerCache
+from blocks.block import BLOCKS, BlockSpec, TransformerBlock
 from blocks.layers import RMSNorm, SwiGLU, apply_rope, rope_tables
 
 __all__ = [
-    "AttentionOutput",
-    "BlockOutput",
+    "BLOCKS",
+    "AttentionContext",
+    "BlockSpec",
     "CausalSelfAttention",
     "LayerCache",
     "RMSNorm",

@@ -1,20 +1,31 @@
-"""Causal self-attention with GQA, optional qk-norm, a value-routing hook and a KV cache."""
+"""Causal self-attention with GQA, optional qk-norm and a KV cache, in two steps around the value hook.
+
+:meth:`CausalSelfAttention.project` yields q, k and the raw values v (plus, given extra weight
+rows, their logits from the same GEMM); the block hands v to the strategy's ``mix_value``; then
+:meth:`CausalSelfAttention.attend` applies RoPE, writes the cache and attends. The attention
+itself never sees the strategy.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blocks.layers import RMSNorm, apply_rope
-from value_routing.attention import AttentionMask
+from value_routing.attention import AttentionBackend, AttentionMask
 from value_routing.typing import Float, Tensor
 
-#: ``mix(v, v1, h) -> v'``: the strategy's value hook bound to one layer; it also takes
-#: ``logits=`` when the block fuses the strategy's extra projection into its value GEMM.
-ValueMix = Callable[[Tensor, Tensor | None, Tensor], Tensor]
+
+class AttentionContext(NamedTuple):
+    """What every layer's attention shares in one forward pass: the rotary tables of the
+    positions, the mask and the backend."""
+
+    rope: tuple[Float[Tensor, "*#batch seq half"], Float[Tensor, "*#batch seq half"]]
+    mask: AttentionMask
+    attend: AttentionBackend
 
 
 class LayerCache(NamedTuple):
@@ -22,11 +33,6 @@ class LayerCache(NamedTuple):
 
     k: Float[Tensor, "batch max_len kv_heads head_dim"]
     v: Float[Tensor, "batch max_len kv_heads head_dim"]
-
-
-class AttentionOutput(NamedTuple):
-    out: Float[Tensor, "batch seq dim"]
-    v_raw: Float[Tensor, "batch seq kv_heads head_dim"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -43,14 +49,20 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def project(
-        self, hq: Tensor, hk: Tensor, hv: Tensor, extra: Tensor | None = None
+        self,
+        hq: Float[Tensor, "batch seq dim"],
+        hk: Float[Tensor, "batch seq dim"],
+        hv: Float[Tensor, "batch seq dim"],
+        extra: Float[Tensor, "extra dim"] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Project to q, k, v and, given ``extra`` weight rows, ``hv @ extraᵀ``.
+        """q ``(batch, seq, heads, head_dim)``, k and v ``(batch, seq, kv_heads, head_dim)`` and,
+        given ``extra`` weight rows, ``hv @ extraᵀ``.
 
         One GEMM when all inputs are the same tensor; otherwise one per input, with ``extra``
         appended to the value GEMM. Either way ``extra`` multiplies ``hv``, the tensor the value
         hook receives as ``h``, so the fused result is exact. Appending costs a weight copy.
         """
+        batch, seq, _ = hq.shape
         n_extra = 0 if extra is None else extra.shape[0]
         if hk is hq and hv is hq:
             w = self.wqkv.weight if extra is None else torch.cat((self.wqkv.weight, extra.to(self.wqkv.weight)))
@@ -60,39 +72,33 @@ class CausalSelfAttention(nn.Module):
             w_v = w_v if extra is None else torch.cat((w_v, extra.to(w_v)))
             q, k = F.linear(hq, w_q), F.linear(hk, w_k)
             v, e = F.linear(hv, w_v).split((self.kv_dim, n_extra), dim=-1)
-        return q, k, v, (None if extra is None else e)
+        return (q.view(batch, seq, self.n_heads, self.head_dim), k.view(batch, seq, self.n_kv_heads, self.head_dim),
+                v.view(batch, seq, self.n_kv_heads, self.head_dim), None if extra is None else e)
 
-    def forward(
+    def attend(
         self,
-        hq: Float[Tensor, "batch seq dim"],
-        hk: Float[Tensor, "batch seq dim"] | None,
-        hv: Float[Tensor, "batch seq dim"] | None,
-        *,
-        v1: Float[Tensor, "batch seq kv_heads head_dim"] | None,
-        mix_value: ValueMix,
-        rope: tuple[Tensor, Tensor],
-        mask: AttentionMask,
-        attend: Callable[..., Tensor],
+        q: Float[Tensor, "batch seq heads head_dim"],
+        k: Float[Tensor, "batch seq kv_heads head_dim"],
+        v: Float[Tensor, "batch seq kv_heads head_dim"],
+        ctx: AttentionContext,
         cache: LayerCache | None = None,
-        extra_projection: Float[Tensor, "extra dim"] | None = None,
-    ) -> AttentionOutput:
-        """``extra_projection``: rows fused into the value-input GEMM, their output handed to
-        ``mix_value`` as ``logits`` (see ``Strategy.extra_value_projection``)."""
-        batch, seq, _ = hq.shape
-        hk, hv = hq if hk is None else hk, hq if hv is None else hv
-        q, k, v, logits = self.project(hq, hk, hv, extra_projection)
-        q = q.view(batch, seq, self.n_heads, self.head_dim)
-        k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
-        v_raw = v.view(batch, seq, self.n_kv_heads, self.head_dim)
-        v = mix_value(v_raw, v1, hv) if logits is None else mix_value(v_raw, v1, hv, logits=logits)
+    ) -> Float[Tensor, "batch seq dim"]:
+        """Attention of the (mixed) values ``v``: qk-norm, RoPE, the cache, the backend, the output projection."""
+        batch, seq = q.shape[:2]
         v = v.contiguous()  # an unmixed v is a slice of the QKV output: don't keep all of it for backward
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
         if cache is not None:
-            end = mask.q_offset + seq
-            cache.k[:, mask.q_offset : end] = k
-            cache.v[:, mask.q_offset : end] = v
+            start = ctx.mask.q_offset
+            end = start + seq
+            cache.k[:, start:end] = k
+            cache.v[:, start:end] = v
             k, v = cache.k[:, :end], cache.v[:, :end]
-        out = attend(q, k, v, mask).reshape(batch, seq, self.q_dim)
-        return AttentionOutput(self.wo(out), v_raw)
+        out = ctx.attend(q, k, v, ctx.mask).reshape(batch, seq, self.q_dim)
+        return self.wo(out)
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        """N(0, ``std``) for the QKV projection, N(0, ``out_std``) for the output projection."""
+        nn.init.normal_(self.wqkv.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=out_std)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from value_routing.strategies.base import rms_normalize
-from value_routing.typing import Float, Int, Tensor
+from value_routing.typing import Float, Tensor
 
 
 class RMSNorm(nn.Module):
@@ -48,13 +48,6 @@ def apply_rope(
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
-def gather_rope(
-    cos: Tensor, sin: Tensor, positions: Int[Tensor, " seq"]
-) -> tuple[Float[Tensor, "seq half"], Float[Tensor, "seq half"]]:
-    """Rows of the rotary tables for the given positions."""
-    return cos[positions], sin[positions]
-
-
 class SwiGLU(nn.Module):
     """``W2 (silu(W1 x) ⊙ W3 x)`` with ``W1`` and ``W3`` fused into one projection."""
 
@@ -66,3 +59,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq dim"]:
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        """N(0, ``std``) for ``W1``/``W3``, N(0, ``out_std``) for ``W2``."""
+        nn.init.normal_(self.w13.weight, std=std)
+        nn.init.normal_(self.w2.weight, std=out_std)

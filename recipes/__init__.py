@@ -16,7 +16,6 @@ Imports point down that list (a subpackage never imports one listed after it) an
 """
 
 from recipes.lm import (
-    BUILDERS,
     SIZES,
     CausalLM,
     KVCache,
@@ -33,7 +32,6 @@ from recipes.lm import (
 )
 
 __all__ = [
-    "BUILDERS",
     "SIZES",
     "CausalLM",
     "KVCache",

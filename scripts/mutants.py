@@ -49,13 +49,19 @@ class Mutant(NamedTuple):
 STRATEGIES = "value_routing/strategies/"
 MUTANTS = [
     # model
-    Mutant("model: V1 from layer 1", "recipes/lm/model.py", "if i == 0:", "if i <= 1:", MODEL_TESTS),
-    Mutant("model: V1 detached", "recipes/lm/model.py", "v1 = out.v_raw.contiguous() if", "v1 = out.v_raw.detach() if", MODEL_TESTS),
-    Mutant("model: finalize skipped", "recipes/lm/model.py", "self.norm(self.strategy.finalize(x, state))", "self.norm(x)", DENSE_TESTS),
+    Mutant("model: V1 from layer 1", STRATEGIES + "base.py", "        if layer == 0:\n            # V1",
+           "        if layer <= 1:\n            # V1", MODEL_TESTS),
+    Mutant("model: V1 detached", STRATEGIES + "base.py", "return v, v.contiguous()", "return v, v.detach()", MODEL_TESTS),
+    Mutant("model: last block_output skipped", "recipes/lm/model.py", "x = self.norm(inp.x)", "x = self.norm(y)", DENSE_TESTS),
+    Mutant("model: registered block ignored", "recipes/lm/model.py", "BLOCKS.lookup(cfg.block)", 'BLOCKS.lookup("transformer")',
+           ("tests/test_registries.py",)),
+    Mutant("attention: registered backend ignored", "value_routing/attention/backends.py",
+           "ATTENTION_BACKENDS.lookup(name)(device)", 'ATTENTION_BACKENDS.lookup("sdpa")(device)',
+           ("tests/test_registries.py", "tests/test_attention.py")),
     Mutant("model: cache length off by one", "recipes/lm/model.py", "KVCache(cache.layers, offset + seq, cache.keep",
            "KVCache(cache.layers, offset + seq - (seq > 1), cache.keep", MODEL_TESTS),
     Mutant("model: output projections not scaled at init", "recipes/lm/config.py",
-           "self.init_std / math.sqrt(2 * self.n_layers) if", "self.init_std if", MODEL_TESTS),
+           "c.init_std / math.sqrt(2 * c.n_layers)", "c.init_std", MODEL_TESTS),
     # blocks
     Mutant("blocks: RMSNorm without eps", STRATEGIES + "base.py", "keepdim=True) + eps)", "keepdim=True))", MODEL_TESTS),
     Mutant("blocks: RoPE rotation sign", "blocks/layers.py", "x2 * c + x1 * s", "x2 * c - x1 * s", MODEL_TESTS),
@@ -64,15 +70,18 @@ MUTANTS = [
     Mutant("blocks: SwiGLU gate/up swapped", "blocks/layers.py", "F.silu(gate) * up", "F.silu(up) * gate", MODEL_TESTS),
     Mutant("blocks: k normed with q_norm", "blocks/attention.py", "self.q_norm(q), self.k_norm(k)",
            "self.q_norm(q), self.q_norm(k)", MODEL_TESTS),
-    Mutant("blocks: raw v in the KV cache", "blocks/attention.py", "cache.v[:, mask.q_offset : end] = v",
-           "cache.v[:, mask.q_offset : end] = v_raw", MODEL_TESTS),
+    Mutant("blocks: mixed values dropped", "blocks/block.py", "v, state = strategy.mix_value(",
+           "_, state = strategy.mix_value(", MODEL_TESTS),
+    Mutant("blocks: raw v in the KV cache", "blocks/attention.py", "cache.v[:, start:end] = v",
+           "cache.v[:, start:end] = v.detach() * 0", MODEL_TESTS),
     Mutant("blocks: key stream not normed", "blocks/block.py", "else self.attn_norm(inp.k)", "else inp.k", DENSE_TESTS),
     # static value residual
     Mutant("static: lambda index shifted", STRATEGIES + "static_residual.py", "lam1[layer - 1].to(v.dtype)",
            "lam1[layer - 2].to(v.dtype)", MODEL_TESTS),
     Mutant("static: sigmoid instead of softmax", STRATEGIES + "static_residual.py",
            "torch.softmax(self.lambda_logits, dim=0)", "torch.sigmoid(self.lambda_logits)", MODEL_TESTS),
-    Mutant("static: layer 1 unmixed", STRATEGIES + "static_residual.py", "if layer == 0:", "if layer <= 1:", MODEL_TESTS),
+    Mutant("static: layer 1 unmixed", STRATEGIES + "static_residual.py", "    def mix_v1(self, layer, v, v1, h, logits=None):\n",
+           "    def mix_v1(self, layer, v, v1, h, logits=None):\n        if layer == 1:\n            return v\n", MODEL_TESTS),
     # selective gate
     Mutant("satformer: last_k gates one layer fewer", STRATEGIES + "selective_gate.py",
            "else n_layers - last_k", "else n_layers - last_k + 1", MODEL_TESTS),
@@ -102,8 +111,8 @@ MUTANTS = [
            "(states_g.flatten(1) @ grad.flatten(1).T).T.contiguous().view(weights.shape) * 0.5", DENSE_TESTS),
     Mutant("depth_states: weighted sum skips the last state", STRATEGIES + "depth_states.py",
            "for j in range(1, len(states)):", "for j in range(1, len(states) - 1):", DENSE_TESTS),
-    Mutant("mudd: q and k streams swapped", STRATEGIES + "mudd.py", "MuddState(states, (q, k, v))",
-           "MuddState(states, (k, q, v))", DENSE_TESTS),
+    Mutant("mudd: q and k streams swapped", STRATEGIES + "mudd.py", "return BlockInput(r, q, k, v), state",
+           "return BlockInput(r, k, q, v), state", DENSE_TESTS),
     Mutant("mudd: relu instead of gelu", STRATEGIES + "mudd.py", "F.gelu(self.w1[layer](x) * rstd)",
            "F.relu(self.w1[layer](x) * rstd)", DENSE_TESTS),
     Mutant("mudd: norm without eps", STRATEGIES + "mudd.py", "keepdim=True) + self.norm_eps).to(x.dtype)",
@@ -111,12 +120,12 @@ MUTANTS = [
     Mutant("mudd: init on the oldest state", STRATEGIES + "mudd.py", "static[:, -1] = 1.0", "static[:, 0] = 1.0", DENSE_TESTS),
     Mutant("hyper: init A_m on stream 0", STRATEGIES + "hyper_connections.py", "alpha[m % rate, 0] = 1.0",
            "alpha[0, 0] = 1.0", DENSE_TESTS),
-    Mutant("hyper: mean of streams at the end", STRATEGIES + "hyper_connections.py", "hyper.sum(0).to(y.dtype)",
-           "hyper.mean(0).to(y.dtype)", DENSE_TESTS),
+    Mutant("hyper: mean of streams at the end", STRATEGIES + "hyper_connections.py", "hyper.sum(0).to(x.dtype)",
+           "hyper.mean(0).to(x.dtype)", DENSE_TESTS),
     Mutant("hyper: s_beta scales alpha", STRATEGIES + "hyper_connections.py", "alpha = s_alpha * dyn", "alpha = s_beta * dyn",
            DENSE_TESTS),
-    Mutant("hyper: block output without minus input", STRATEGIES + "hyper_connections.py",
-           "state.beta * (y - h).to(", "state.beta * (y - 0 * h).to(", DENSE_TESTS),
+    Mutant("hyper: our T drops the attention output", STRATEGIES + "hyper_connections.py",
+           "out, m = state.pending.to(", "out, m = 0 * state.pending.to(", DENSE_TESTS),
     Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.norm_eps)",
            "keepdim=True))", DENSE_TESTS),
     Mutant("mudd authors: + X_i dropped", STRATEGIES + "mudd.py", "rms_normalize(summed, self.norm_eps) + y, states",
@@ -167,7 +176,6 @@ DESELECT = ("not compile_fullgraph and not compiled_model and not fused_model_co
 
 #: Survivors that do not change behaviour, with the reason.
 EQUIVALENT: dict[str, str] = {
-    "model: finalize skipped": "no registered strategy overrides the identity finalize hook",
 }
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from blocks import AttentionContext
 from recipes.eval.analyze import TOKEN_CLASSES, analyze_gates, gate_values, token_classes, write_report
 from recipes.lm.builders import model_config, satformer
-from recipes.lm.model import CausalLM, _LayerMix
+from recipes.lm.model import CausalLM
 from value_routing.attention import AttentionMask, get_backend
 from value_routing.strategies import BlockInput
 
@@ -32,10 +33,7 @@ def _reference_alpha(model: CausalLM, tokens: torch.Tensor, act) -> dict[int, to
         h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w
         if i >= 1:
             out[i] = act(h @ model.strategy.gates[i - 1].weight.t())
-        res = block(BlockInput(x), v1=v1, mix_value=_LayerMix(model.strategy, i), rope=rope,
-                    mask=AttentionMask(0, None), attend=get_backend("sdpa"))
-        v1 = res.v_raw if i == 0 else v1
-        x = res.y
+        x, v1 = block(BlockInput(x), model.strategy, v1, AttentionContext(rope, AttentionMask(0, None), get_backend("sdpa")))
     return out
 
 
@@ -109,8 +107,7 @@ def test_non_gate_model_is_rejected():
 def test_load_model_from_safetensors(tmp_path):
     from dataclasses import asdict
 
-    from recipes.eval.analyze import load_model
-    from recipes.train.checkpoint import save_weights
+    from recipes.train.checkpoint import load_model, save_weights
 
     model = _model("relu")
     save_weights(model.state_dict(), tmp_path / "with_config.safetensors", model_config=asdict(model.cfg))
@@ -120,6 +117,8 @@ def test_load_model_from_safetensors(tmp_path):
 
     bare = CausalLM(satformer("tiny"))  # no config in the file: loaded into the --size model
     save_weights(bare.state_dict(), tmp_path / "bare.safetensors")
-    torch.testing.assert_close(load_model(tmp_path / "bare.safetensors", "tiny").embed.weight, bare.embed.weight)
+    torch.testing.assert_close(load_model(tmp_path / "bare.safetensors", config=satformer("tiny")).embed.weight, bare.embed.weight)
     with pytest.raises(ValueError, match="checkpoint"):
         load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="no model_config"):
+        load_model(tmp_path / "bare.safetensors")

@@ -79,7 +79,7 @@ def test_mask_shape_mismatch_and_bad_gqa_raise():
 def test_backend_selection():
     assert get_backend("sdpa") is sdpa_attention
     assert get_backend("auto", "cpu") is sdpa_attention
-    with pytest.raises(ValueError, match="attention backend must be one of"):
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
         get_backend("flash")
     with pytest.raises(ValueError, match="xformers"):
         get_backend("xformers", "cpu")

@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.overrides import TorchFunctionMode
 
-from recipes.lm.builders import BUILDERS, denseformer, hyperconnections, muddformer
+from recipes.lm.builders import denseformer, hyperconnections, muddformer
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM, KVCache
-from value_routing import DenseAggregation, DynamicDenseAggregation, HyperConnections
+from value_routing import STRATEGIES, DenseAggregation, DynamicDenseAggregation, HyperConnections
 from value_routing.strategies.base import BlockInput
 from value_routing.strategies.depth_states import aggregate_depth_states, append_depth_state, init_depth_states
 
@@ -31,27 +31,36 @@ F64 = torch.float64
 
 
 class ToyBlocks:
-    """Per-token stand-ins for Transformer blocks: ``y = x + tanh(q Wq) ⊙ (k Wk) + sin(v Wv)``."""
+    """Per-token stand-ins for Transformer blocks of two sublayers: ``a = x + attn(q, k, v)`` with
+    ``attn = tanh(q Wq) ⊙ (k Wk) + sin(v Wv)``, then ``y = a + cos(a Wm)``."""
 
     def __init__(self, n_layers, dim):
-        self.weights = [torch.randn(3, dim, dim, dtype=F64, requires_grad=True) for _ in range(n_layers)]
+        self.weights = [torch.randn(4, dim, dim, dtype=F64, requires_grad=True) for _ in range(n_layers)]
+
+    def attn(self, layer, inp):
+        wq, wk, wv, _ = self.weights[layer] / math.sqrt(inp.x.shape[-1])
+        q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
+        return torch.tanh(q @ wq) * (k @ wk) + torch.sin(v @ wv)
+
+    def mlp(self, layer, a):
+        return torch.cos(a @ (self.weights[layer][3] / math.sqrt(a.shape[-1])))
 
     def __call__(self, layer, inp):
-        wq, wk, wv = self.weights[layer] / math.sqrt(inp.x.shape[-1])
-        q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
-        return inp.x + torch.tanh(q @ wq) * (k @ wk) + torch.sin(v @ wv)
+        a = inp.x + self.attn(layer, inp)
+        return a + self.mlp(layer, a)
 
 
 def run_hooks(strategy, x0, blocks, keep=None):
     """The CausalLM loop over the strategy hooks (``keep`` collects weakrefs to block outputs)."""
-    x, state = x0, strategy.init_state(x0)
+    inp, state = strategy.init_state(x0)
     for layer in range(strategy.n_layers):
-        y = blocks(layer, strategy.block_input(layer, x, state))
+        a, state = strategy.residual(layer, 0, inp.x, blocks.attn(layer, inp), state)
+        y, state = strategy.residual(layer, 1, a, blocks.mlp(layer, a), state)
         if keep is not None:
             keep.append(weakref.ref(y))
-        x, state = strategy.block_output(layer, y, state)
+        inp, state = strategy.block_output(layer, y, state)
         del y
-    return strategy.finalize(x, state)
+    return inp.x
 
 
 def dense_reference(s, x0, blocks):
@@ -149,7 +158,7 @@ def test_dense_matches_reference(data, shape, n_layers, form):
     s = perturb(DenseAggregation(n_layers, dilation=dilation, period=period, impl=impl).to(F64))
     x0 = torch.randn(shape, dtype=F64, requires_grad=True)
     with as_if_compiling(compiling):
-        assert s.init_state(x0).form == form
+        assert s.init_state(x0)[1].form == form
         assert_parity(s, dense_reference, x0, ToyBlocks(n_layers, shape[-1]))
 
 
@@ -160,7 +169,7 @@ def test_mudd_matches_reference(shape, n_layers, form):
     s = perturb(DynamicDenseAggregation(shape[-1], n_layers, impl=impl).to(F64))
     x0 = torch.randn(shape, dtype=F64, requires_grad=True)
     with as_if_compiling(compiling):
-        assert s.init_state(x0).states.form == form
+        assert s.init_state(x0)[1].form == form
         assert_parity(s, mudd_reference, x0, ToyBlocks(n_layers, shape[-1]))
 
 
@@ -339,7 +348,7 @@ def test_compile_fullgraph_matches_eager(strategy, options, fresh_dynamo):
 
 
 def test_builders_and_registry():
-    assert {"dense", "mudd", "hyper"} <= set(BUILDERS)
+    assert {"dense", "mudd", "hyper"} <= set(STRATEGIES)
     assert denseformer("tiny", dilation=2, period=2).strategy_options["dilation"] == 2
     assert muddformer("medium", impl="stack").strategy == "mudd"
     assert hyperconnections("large", rate=2, dynamic=False).strategy_options == {
@@ -367,9 +376,12 @@ def test_invalid_options_name_the_field(strategy, options, match):
 
 def test_hook_layer_out_of_range():
     x = torch.randn(1, 2, 8)
-    for s in (DenseAggregation(2), HyperConnections(8, 2)):
+    for s in (DenseAggregation(2), DynamicDenseAggregation(8, 2)):
         with pytest.raises(ValueError, match="layer must be in"):
-            s.block_output(2, x, s.init_state(x))
+            s.block_output(2, x, s.init_state(x)[1])
+    hc = HyperConnections(8, 2)
+    with pytest.raises(ValueError, match="layer must be in"):
+        hc.residual(2, 0, x, x, hc.init_state(x)[1])
     with pytest.raises(ValueError, match="layer must be in"):
         DynamicDenseAggregation(8, 2).weights(5, x)
 

@@ -1,22 +1,21 @@
-"""W_α folded into the QKV GEMM (``fuse_gate_projection``) == the separate gate projection."""
+"""W_α folded into the QKV GEMM (SelectiveGate ``fuse_projection``) == the separate gate projection."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blocks import CausalSelfAttention, rope_tables
+from blocks import CausalSelfAttention
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM, KVCache
-from value_routing import AttentionMask, SelectiveGate, get_backend
+from value_routing import SelectiveGate
 from value_routing.strategies import NoReuse, StaticValueResidual
 
 
 def tiny(fuse, strategy="satformer", options=None, **overrides):
     kw = dict(vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=16)
-    return ModelConfig(
-        **{**kw, **overrides}, strategy=strategy, strategy_options=options or {}, fuse_gate_projection=fuse
-    )
+    options = {**(options or {}), **({"fuse_projection": fuse} if strategy == "satformer" else {})}
+    return ModelConfig(**{**kw, **overrides}, strategy=strategy, strategy_options=options)
 
 
 def twin_models(strategy="satformer", options=None, **overrides):
@@ -77,21 +76,19 @@ def test_fused_decode_equals_fused_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
 
 
-@pytest.mark.parametrize("strategy, options", [("baseline", {}), ("static", {"mode": "learnable"})])
-def test_fuse_flag_is_a_no_op_for_strategies_without_extra_projection(strategy, options):
-    plain, fused = twin_models(strategy, options)
-    x = tokens(1, 6)
-    assert torch.equal(fused(x).logits, plain(x).logits)
-    assert NoReuse(3).extra_value_projection(1) is None
-    assert StaticValueResidual(3).extra_value_projection(1) is None
+def test_strategies_without_a_projection_offer_none():
+    assert NoReuse(3).value_projection(1) is None
+    assert StaticValueResidual(3).value_projection(1) is None
 
 
-def test_selective_gate_extra_projection_is_w_alpha_of_gated_layers_only():
-    gate = SelectiveGate(d_model=16, n_layers=4, n_kv_heads=2, last_k=2)
-    assert gate.extra_value_projection(0) is None and gate.extra_value_projection(1) is None
-    assert gate.extra_value_projection(3) is gate.gates[1].weight
+def test_selective_gate_value_projection_is_w_alpha_of_gated_layers_only_when_fused():
+    gate = SelectiveGate(d_model=16, n_layers=4, n_kv_heads=2, last_k=2, fuse_projection=True)
+    assert gate.value_projection(0) is None and gate.value_projection(1) is None
+    assert gate.value_projection(3) is gate.gates[1].weight
     with pytest.raises(ValueError, match="layer must be in"):
-        gate.extra_value_projection(4)
+        gate.value_projection(4)
+    unfused = SelectiveGate(d_model=16, n_layers=4, n_kv_heads=2, last_k=2)
+    assert all(unfused.value_projection(layer) is None for layer in range(4))
 
 
 def test_attention_fuses_into_the_value_gemm_when_inputs_differ():
@@ -101,16 +98,14 @@ def test_attention_fuses_into_the_value_gemm_when_inputs_differ():
     gate = SelectiveGate(d_model=32, n_layers=2, n_kv_heads=2, act="sigmoid").double()
     hq, hk, hv = (torch.randn(2, 5, 32, dtype=torch.float64) for _ in range(3))
     v1 = torch.randn(2, 5, 2, 8, dtype=torch.float64)
-    cos, sin = rope_tables(8, 5)
-    kw = dict(
-        v1=v1, mix_value=lambda v, v1, h, **lg: gate.mix_value(1, v, v1, h, **lg),
-        rope=(cos.double(), sin.double()), mask=AttentionMask(0), attend=get_backend("sdpa", hq.device),
-    )
-    for inputs in ((hq, hk, hv), (hq, None, None), (hq, None, hv)):
-        want = attn(*inputs, **kw)
-        got = attn(*inputs, **kw, extra_projection=gate.extra_value_projection(1))
-        torch.testing.assert_close(got.out, want.out, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got.v_raw, want.v_raw)
+    for inputs in ((hq, hk, hv), (hq, hq, hq), (hq, hq, hv)):
+        q, k, v, logits = attn.project(*inputs)
+        fq, fk, fv, flogits = attn.project(*inputs, gate.gates[0].weight)
+        assert logits is None
+        for got, want in ((fq, q), (fk, k), (fv, v), (flogits, inputs[2] @ gate.gates[0].weight.T)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        mixed, _ = gate.mix_value(1, fv, inputs[2], v1, logits=flogits)
+        torch.testing.assert_close(mixed, gate.mix_value(1, v, inputs[2], v1)[0], rtol=1e-12, atol=1e-12)
 
 
 def test_fused_model_compiles_fullgraph():
@@ -122,5 +117,5 @@ def test_fused_model_compiles_fullgraph():
 
 
 def test_config_rejects_non_bool_fuse_flag():
-    with pytest.raises(ValueError, match="fuse_gate_projection must be True or False"):
+    with pytest.raises(ValueError, match="fuse_projection must be True or False"):
         tiny("yes")

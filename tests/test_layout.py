@@ -143,7 +143,7 @@ def test_recipes_reexports_the_user_facing_names():
         importlib.import_module(f"recipes.lm.{m}") for m in ("builders", "config", "generate", "model")
     )
     homes = {
-        builders: ("BUILDERS", "SIZES", "model_config", "transformer", "resformer", "satformer",
+        builders: ("SIZES", "model_config", "transformer", "resformer", "satformer",
                    "denseformer", "muddformer", "hyperconnections"),
         config: ("ModelConfig",),
         generate: ("generate", "sample"),  # the function, not the submodule of the same name

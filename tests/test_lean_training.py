@@ -102,7 +102,7 @@ def test_activation_checkpointing_changes_no_gradient(strategy, options):
     x, y = tokens(2, 10), tokens(2, 10, seed=1)
     calls = []
     for block in ckpt.blocks:  # (the block's own hook misses recomputation: it stops early, after the FFN)
-        block.attn.register_forward_hook(lambda *_: calls.append(1))
+        block.ffn_norm.register_forward_hook(lambda *_: calls.append(1))
     results = []
     for model in (plain, ckpt):
         loss = model(x, targets=y) + model(x).logits.square().mean()  # both heads through the blocks

@@ -142,9 +142,9 @@ def test_batching_does_not_change_scores(model):
 def test_registered_by_name_and_loads_a_saved_hf_checkpoint(model, tmp_path):
     assert get_model("value_routing") is ValueRoutingLM
     pytest.importorskip("transformers")
-    from recipes.interop.hf import SATForCausalLM
+    from recipes.interop.hf import ValueRoutingForCausalLM
 
-    SATForCausalLM.from_causal_lm(model).save_pretrained(tmp_path)
+    ValueRoutingForCausalLM.from_causal_lm(model).save_pretrained(tmp_path)
     lm = ValueRoutingLM.create_from_arg_string(f"pretrained={tmp_path},tokenizer=byte", {"batch_size": 2})
     request = Instance("loglikelihood", {}, ("print(", "'hi')"), 0)
     (score, _), = lm.loglikelihood([request], disable_tqdm=True)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
-from recipes.lm.builders import BUILDERS, count_params, model_config, satformer
+from recipes.lm.builders import count_params, model_config, satformer
 from recipes.lm.config import ModelConfig
 from recipes.lm.generate import generate
 from blocks import rope_tables
@@ -175,9 +175,9 @@ def test_shape_checker_catches_wrong_shapes():
 
 def test_builders_cover_every_size_and_small_is_128m():
     assert abs(count_params(model_config("small")) / 1e6 - 128) < 1.5
-    for build in BUILDERS.values():
+    for name in STRATEGIES:
         for size in ("tiny", "small", "medium", "large", "xl"):
-            assert build(size).n_layers >= 4
+            assert model_config(size, name).n_layers >= 4
     with pytest.raises(ValueError, match="size must be one of"):
         model_config("huge")
 

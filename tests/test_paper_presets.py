@@ -10,13 +10,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blocks import TransformerBlock, rope_tables
+from blocks import AttentionContext, BlockSpec, TransformerBlock, rope_tables
 from recipes.train import pretrain
-from recipes.lm.builders import BUILDERS, model_config, muddformer, param_counts, resformer
+from recipes.lm import builders
+from recipes.lm.builders import model_config, muddformer, param_counts, resformer
 from recipes.lm.config import ModelConfig, realloc_ffn_width
 from recipes.lm.model import CausalLM
 from recipes.train import OptimConfig, make_optimizer
-from value_routing import DynamicDenseAggregation, HyperConnections
+from value_routing import STRATEGIES, DynamicDenseAggregation, HyperConnections, NoReuse
 from value_routing.attention import AttentionMask, get_backend
 from value_routing.strategies.base import BlockInput
 
@@ -31,16 +32,21 @@ TABLE = {
 }
 
 
+#: The named builders of the six strategies (thin wrappers of ``model_config``).
+NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satformer": builders.satformer,
+         "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections}
+
+
 @pytest.mark.parametrize("size", sorted(TABLE))
-@pytest.mark.parametrize("strategy", sorted(BUILDERS))
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_number_of_the_table(size, strategy):
     d, layers, heads, d_ff, batch, accum, lr, min_lr, warmup, total = TABLE[size]
-    for cfg in (model_config(size, strategy), BUILDERS[strategy](size)):
-        assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.d_ff) == (d, layers, heads, heads, d_ff)
+    for cfg in (model_config(size, strategy), NAMED[strategy](size)):
+        assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff) == (d, layers, heads, heads, d_ff)
         assert (cfg.vocab_size, cfg.max_seq_len, cfg.tie_embeddings, cfg.rope_theta) == (32000, 4096, True, 10000.0)
         assert (cfg.norm_eps, cfg.qk_norm, cfg.qk_norm_eps, cfg.init_std) == (1e-6, True, 1e-5, 0.02)
         rate = cfg.strategy_options.get("rate", 4)
-        assert cfg.out_std == pytest.approx(0.02 / math.sqrt(rate) if strategy == "hyper" else 0.02)
+        assert cfg.out_proj_std == pytest.approx(0.02 / math.sqrt(rate) if strategy == "hyper" else 0.02)
         assert cfg.ffn_realloc == (strategy == "mudd")
         form = {"mudd": {"form": "authors"}, "hyper": {"form": "authors"}, "static": {"mode": "softmax"}}
         assert form.get(strategy, {}).items() <= dict(cfg.strategy_options).items()
@@ -72,8 +78,8 @@ def test_optimizer_decays_all_params_or_matrices():
 
 def test_tiny_keeps_our_choices():
     cfg = model_config("tiny", "hyper")
-    assert (cfg.qk_norm, cfg.ffn_realloc, cfg.out_proj_std, cfg.strategy_options) == (False, False, None, {})
-    assert cfg.out_std == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layers))
+    assert (cfg.qk_norm, cfg.ffn_realloc, cfg.strategy_options) == (False, False, {})
+    assert cfg.out_proj_std == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layers))
     assert resformer("tiny").strategy_options == {} and muddformer("tiny", form="authors").ffn_realloc
 
 
@@ -92,7 +98,7 @@ def test_realloc_widths_follow_the_formula(n_layers, d_ff):
     cfg = ModelConfig(vocab_size=8, d_model=16, n_layers=n_layers, n_heads=2, d_ff=d_ff, ffn_realloc=True)
     expect = [nearest_multiple_256(round((0.5 * (n_layers - i) + 1.5 * (i - 1)) / (n_layers - 1) * d_ff))
               for i in range(1, n_layers + 1)]
-    assert list(cfg.ffn_dims) == expect
+    assert list(cfg.d_ff_per_layer) == expect
     with torch.device("meta"):
         assert [b.ffn.w2.in_features for b in CausalLM(cfg).blocks] == expect
 
@@ -101,7 +107,7 @@ def test_realloc_hand_computed():
     assert [realloc_ffn_width(3072, i, 11) for i in (1, 2, 6, 11)] == [1536, 1792, 3072, 4608]
     assert realloc_ffn_width(768, 1, 2) == 256 and realloc_ffn_width(700, 1, 1) == 700  # 384: tie down; L = 1 kept
     assert realloc_ffn_width(1280, 1, 2) == 512  # 640 = 2.5 · 256: tie down
-    assert muddformer("small").ffn_dims[0] == 1536 and muddformer("small", form="ours").ffn_dims == (3072,) * 11
+    assert muddformer("small").d_ff_per_layer[0] == 1536 and muddformer("small", form="ours").d_ff_per_layer == (3072,) * 11
 
 
 # ----------------------------------------------------------------------------- init facts
@@ -139,7 +145,7 @@ def test_separate_qkv_norms_norm_each_input(given_q):
     """The authors' MUDDFormer block: q, k and v inputs each through their own learned norm
     (block 1 reads the residual stream for all three)."""
     torch.manual_seed(0)
-    block = TransformerBlock(16, 4, 2, 32, separate_qkv_norms=True).to(F64)
+    block = TransformerBlock(BlockSpec(0, 16, 4, 2, 32, separate_qkv_norms=True)).to(F64)
     with torch.no_grad():
         for norm in (block.attn_norm, block.attn_norm_k, block.attn_norm_v):
             norm.weight.copy_(torch.rand(16, dtype=F64) + 0.5)
@@ -147,11 +153,10 @@ def test_separate_qkv_norms_norm_each_input(given_q):
     inp = BlockInput(x, q, k, v) if given_q else BlockInput(x)
     q, k, v = (q, k, v) if given_q else (x, x, x)
     cos, sin = rope_tables(4, 5)
-    kw = dict(v1=None, mix_value=lambda v, v1, h: v, rope=(cos, sin), mask=AttentionMask(0, None),
-              attend=get_backend("sdpa", "cpu"))
-    out = block(inp, **kw).y
+    ctx = AttentionContext((cos, sin), AttentionMask(0, None), get_backend("sdpa", "cpu"))
+    out, _ = block(inp, NoReuse(1), None, ctx)
     normed = [rms(t, 1e-6) * n.weight for t, n in zip((q, k, v), (block.attn_norm, block.attn_norm_k, block.attn_norm_v))]
-    a = x + block.attn(*normed, **kw).out
+    a = x + block.attn.attend(*block.attn.project(*normed)[:3], ctx)
     torch.testing.assert_close(out, a + block.ffn(rms(a, 1e-6) * block.ffn_norm.weight))
 
 
@@ -183,13 +188,12 @@ class ToySublayers:
 
 def run_hooks(s, x0, toy):
     """The CausalLM loop, residual hook included."""
-    x, state = x0, s.init_state(x0)
+    inp, state = s.init_state(x0)
     for layer in range(s.n_layers):
-        inp = s.block_input(layer, x, state)
         a, state = s.residual(layer, 0, inp.x, toy.attn(layer, inp), state)
         y, state = s.residual(layer, 1, a, toy.mlp(layer, a), state)
-        x, state = s.block_output(layer, y, state)
-    return s.finalize(x, state)
+        inp, state = s.block_output(layer, y, state)
+    return inp.x
 
 
 def mudd_authors_reference(s, x0, toy):

@@ -23,9 +23,9 @@ CASES = [
     *(("satformer", {"act": act}, {}) for act in ("relu", "sigmoid", "tanh", "identity", "softmax", "softmax_sigmoid")),
     ("satformer", {"act": "relu", "last_k": 2}, {}),
     ("satformer", {"act": "softmax_sigmoid", "last_k": 3}, {"qk_norm": True}),
-    ("satformer", {"act": "sigmoid"}, {"fuse_gate_projection": True}),
+    ("satformer", {"act": "sigmoid", "fuse_projection": True}, {}),
     ("satformer", {"act": "relu", "bias_init": 0.5}, {}),
-    ("satformer", {"act": "tanh", "bias_init": 0.5, "last_k": 2}, {"fuse_gate_projection": True}),
+    ("satformer", {"act": "tanh", "bias_init": 0.5, "last_k": 2, "fuse_projection": True}, {}),
     ("dense", {}, {}),
     ("dense", {"dilation": 2}, {}),
     ("dense", {"dilation": 2, "period": 2}, {"n_layers": 6}),
@@ -53,8 +53,8 @@ def config(strategy, options, overrides) -> ModelConfig:
 
 def spec(cfg: ModelConfig) -> ref.Spec:
     return ref.Spec(
-        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads,
-        d_ff=cfg.ffn_dims, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
+        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+        d_ff=cfg.d_ff_per_layer, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
         qk_norm_eps=cfg.qk_norm_eps,
         tie_embeddings=cfg.tie_embeddings, strategy=cfg.strategy, options=dict(cfg.strategy_options),
     )

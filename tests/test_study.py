@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.lm.builders import BUILDERS
+from recipes.lm.builders import model_config
+from recipes.experiments.study_config import PAPER_STRATEGIES
 from recipes.data import embedded_corpus
 from recipes.experiments import study
 from recipes.experiments.study_config import PRESETS, VARIANTS, Shape, StudyConfig, Task, study_model_config
@@ -91,10 +92,10 @@ def test_same_seed_same_init_and_data_as_the_demo():
     torch.set_num_threads(1)  # as the study's runs
     for name in ("baseline", "satformer"):
         model = study_model_config(VARIANTS[name], shape, 256, 512)
-        assert model == BUILDERS[name]("tiny")
+        assert model == model_config("tiny", name)
         spec = {"task": "lm", "model": model.__dict__, "train": cfg.__dict__, "corpus_bytes": 200_000, "curve_points": 3}
         got = study.run_one(spec)
-        assert got["val_loss"] == train_one(BUILDERS[name]("tiny"), cfg, train, val).val_loss
+        assert got["val_loss"] == train_one(model_config("tiny", name), cfg, train, val).val_loss
         assert len(got["curve"]) == 3
     task = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
     cfg = replace(cfg, seq_len=16)
@@ -223,11 +224,11 @@ def test_demo_preset_runs_exactly_the_demo():
     from recipes.lm.config import ModelConfig
 
     specs = study.plan(demo_preset())
-    assert len(specs) == 4 * 2 * len(BUILDERS)
+    assert len(specs) == 4 * 2 * len(PAPER_STRATEGIES)
     for spec in specs:
         name, seed, model = spec["variant"]["name"], spec["seed"], ModelConfig(**spec["model"])
         if spec["task"] == "lm":
-            assert model == BUILDERS[name]("tiny") and spec["corpus_bytes"] == 4_000_000
+            assert model == model_config("tiny", name) and spec["corpus_bytes"] == 4_000_000
             assert TrainConfig(**spec["train"]) == TrainConfig(seed=seed)
         else:
             assert model == mqar_model_config(name, DEMO_TASK, **DEMO_MODEL)

@@ -25,7 +25,7 @@ def test_selective_gate_matches_equation(act, batch, seq, kv_heads, head_dim, la
     v, v1, h = tensors(batch, seq, kv_heads, head_dim, d_model)
     w = gate.gate_weight(layer)
     alpha = gate_values(torch.einsum("btd,hd->bth", h, w), act)
-    torch.testing.assert_close(gate.mix_value(layer, v, v1, h), v + alpha[..., None] * v1)
+    torch.testing.assert_close(gate.mix_value(layer, v, h, v1)[0], v + alpha[..., None] * v1)
     torch.testing.assert_close(gate.gate(layer, h), alpha)
 
 
@@ -41,10 +41,10 @@ def test_selective_gate_bias_matches_equation(act, bias, layer):
     logits = torch.einsum("btd,hd->bth", h, gate.gate_weight(layer)) + b
     alpha = gate_values(logits, act)
     tol = dict(rtol=1e-6, atol=1e-6)  # softmax gates normalise in float32 by design
-    torch.testing.assert_close(gate.mix_value(layer, v, v1, h), v + alpha[..., None] * v1, **tol)
+    torch.testing.assert_close(gate.mix_value(layer, v, h, v1)[0], v + alpha[..., None] * v1, **tol)
     torch.testing.assert_close(gate.gate(layer, h), alpha, **tol)
     # precomputed W_α h (a fused projection) gets the bias added
-    torch.testing.assert_close(gate.mix_value(layer, v, v1, h, logits=logits - b), v + alpha[..., None] * v1, **tol)
+    torch.testing.assert_close(gate.mix_value(layer, v, h, v1, logits=logits - b)[0], v + alpha[..., None] * v1, **tol)
 
 
 def test_relu_gate_bias_starts_half_open():
@@ -57,8 +57,9 @@ def test_relu_gate_bias_starts_half_open():
 def test_selective_gate_layer0_is_identity_and_v1_gets_gradient():
     gate = SelectiveGate(d_model=8, n_layers=3, n_kv_heads=2, act="sigmoid").double()
     v, v1, h = tensors(2, 3, 2, 4, 8)
-    assert gate.mix_value(0, v, None, h) is v
-    gate.mix_value(2, v, v1, h).sum().backward()
+    out, state = gate.mix_value(0, v, h, None)
+    assert out is v and torch.equal(state, v)  # layer 0 passes its values through and stores them as V1
+    gate.mix_value(2, v, h, v1)[0].sum().backward()
     assert v1.grad is not None and v1.grad.abs().sum() > 0  # V1 is not detached
     assert gate.gates[1].weight.grad is not None and gate.gates[0].weight.grad is None
 
@@ -69,7 +70,7 @@ def test_last_k_gates_only_the_last_layers(last_k):
     v, v1, h = tensors(1, 3, 2, 4, 8)
     assert len(gate.gates) == last_k
     for layer in range(4):
-        mixed = gate.mix_value(layer, v, v1, h)
+        mixed = gate.mix_value(layer, v, h, v1)[0]
         assert gate.is_gated(layer) == (layer >= 4 - last_k)
         assert (mixed is v) == (not gate.is_gated(layer))
     with pytest.raises(ValueError, match="not gated"):
@@ -82,7 +83,7 @@ def test_relu_gate_can_switch_reuse_off_exactly():
         gate.gates[0].weight.fill_(-1.0)
     v, v1, _ = tensors(1, 2, 2, 4, 4)
     h = torch.ones(1, 2, 4, dtype=torch.float64)
-    assert torch.equal(gate.mix_value(1, v, v1, h), v)
+    assert torch.equal(gate.mix_value(1, v, h, v1)[0], v)
 
 
 @pytest.mark.parametrize(
@@ -99,10 +100,10 @@ def test_selective_gate_invalid_options(kwargs, match):
 def test_gate_requires_v1_and_valid_layer():
     gate = SelectiveGate(d_model=8, n_layers=3, n_kv_heads=2)
     v, _, h = tensors(1, 2, 2, 4, 8, torch.float32)
-    with pytest.raises(ValueError, match="v1"):
-        gate.mix_value(1, v, None, h)
+    with pytest.raises(ValueError, match="V1"):
+        gate.mix_value(1, v, h, None)
     with pytest.raises(ValueError, match="layer must be in"):
-        gate.mix_value(3, v, v, h)
+        gate.mix_value(3, v, h, v)[0]
 
 
 @given(lam1=st.floats(-2, 2), lam2=st.floats(-2, 2), layer=st.integers(1, 4))
@@ -110,8 +111,8 @@ def test_static_fixed_and_learnable_match_equation(lam1, lam2, layer):
     v, v1, h = tensors(2, 3, 2, 4, 8)
     for mode in ("fixed", "learnable"):
         s = StaticValueResidual(n_layers=5, mode=mode, lambda1=lam1, lambda2=lam2).double()
-        torch.testing.assert_close(s.mix_value(layer, v, v1, h), lam1 * v1 + lam2 * v)
-    assert StaticValueResidual(n_layers=5).mix_value(0, v, None, h) is v
+        torch.testing.assert_close(s.mix_value(layer, v, h, v1)[0], lam1 * v1 + lam2 * v)
+    assert StaticValueResidual(n_layers=5).mix_value(0, v, h, None)[0] is v
 
 
 def test_static_softmax_form():
@@ -123,7 +124,7 @@ def test_static_softmax_form():
     weights = torch.exp(s.lambda_logits) / torch.exp(s.lambda_logits).sum()
     for layer in range(1, n_layers):
         expected = n_layers * weights[layer - 1] * v1 + 0.5 * v
-        torch.testing.assert_close(s.mix_value(layer, v, v1, h), expected)
+        torch.testing.assert_close(s.mix_value(layer, v, h, v1)[0], expected)
     lam1, _ = s.lambdas()
     torch.testing.assert_close(lam1.sum(), torch.tensor(float(n_layers), dtype=torch.float64))  # s init L
     assert {n for n, _ in s.named_parameters()} == {"lambda_logits", "lambda_scale", "lambda2"}
@@ -138,4 +139,4 @@ def test_static_learnable_has_parameters_fixed_has_none():
 
 def test_no_reuse_is_identity():
     v, v1, h = tensors(1, 2, 2, 4, 8)
-    assert NoReuse(n_layers=2).mix_value(1, v, v1, h) is v
+    assert NoReuse(n_layers=2).mix_value(1, v, h, v1)[0] is v

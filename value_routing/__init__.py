@@ -1,7 +1,9 @@
 """value_routing: early-representation reuse for decoder-only Transformers."""
 
 from value_routing.attention import AttentionMask, get_backend
+from value_routing.attention import ATTENTION_BACKENDS
 from value_routing.kernels import GATE_ACTIVATIONS, depth_aggregate, gate_mix
+from value_routing.registry import Registry
 from value_routing.strategies import (
     DEPTH_IMPLS,
     STRATEGIES,
@@ -14,12 +16,15 @@ from value_routing.strategies import (
     SelectiveGate,
     StaticValueResidual,
     Strategy,
+    ValueResidual,
     build_strategy,
+    strategy_options,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "DEPTH_IMPLS",
     "GATE_ACTIVATIONS",
     "STRATEGIES",
@@ -30,11 +35,14 @@ __all__ = [
     "HyperConnections",
     "ModelDims",
     "NoReuse",
+    "Registry",
     "SelectiveGate",
     "StaticValueResidual",
     "Strategy",
+    "ValueResidual",
     "build_strategy",
     "depth_aggregate",
     "gate_mix",
     "get_backend",
+    "strategy_options",
 ]

@@ -8,7 +8,7 @@ train step (see :mod:`recipes.bench.step`), so what its storage costs is hard to
 benchmark keeps only the routing. Every block is a stand-in of negligible cost,
 ``y = x + c_i · (q + k + v) / 3`` with a learned scalar ``c_i`` (``q``, ``k``, ``v`` are the
 block inputs the strategy hands over, ``x`` for all three when it hands over one), so one pass
-is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(finalize(x)²)``,
+is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(x_L²)``,
 forward and backward.
 
 Method, as in :mod:`recipes.bench.step`:
@@ -97,14 +97,13 @@ class RoutingRunner:
         self.loss_fn = torch.compile(self.loss, fullgraph=True) if mode == "compiled" else self.loss
 
     def route(self, x0: torch.Tensor) -> torch.Tensor:
-        """``finalize(x)`` after ``depth`` stand-in blocks routed by the strategy."""
-        s, x = self.strategy, x0
-        state = s.init_state(x0)
+        """The final hidden state after ``depth`` stand-in blocks routed by the strategy."""
+        s = self.strategy
+        inp, state = s.init_state(x0)
         for layer in range(s.n_layers):
-            inp = s.block_input(layer, x, state)
             q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
-            x, state = s.block_output(layer, inp.x + self.scales[layer] * (q + k + v) / 3, state)
-        return s.finalize(x, state)
+            inp, state = s.block_output(layer, inp.x + self.scales[layer] * (q + k + v) / 3, state)
+        return inp.x
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         """``mean(route(x0)²)``: the scalar one pass differentiates."""

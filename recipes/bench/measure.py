@@ -11,19 +11,19 @@ import math
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
 
 from recipes.bench.counters import process_counters
-from recipes.lm.builders import BUILDERS, SIZES, model_config
+from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, lm_loss, make_optimizer
 from recipes.lm.checks import check_choice, check_min
 from value_routing import strategies as strategies_module
-from value_routing.strategies import STRATEGIES, Strategy
+from value_routing.strategies import STRATEGIES
 
 MODES: tuple[str, ...] = ("eager", "compiled")
 
@@ -35,7 +35,7 @@ class Variant:
     label: str
     strategy: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: ``ModelConfig`` fields the row changes (e.g. ``fuse_gate_projection``).
+    #: ``ModelConfig`` fields the row changes (e.g. ``activation_checkpointing``).
     model_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -81,11 +81,9 @@ def discover_variants(labels: list[str] | None = None) -> list[Variant]:
     """Every registered strategy, baseline first.
 
     Strategies with an ``impl`` option get one row per storage (``dense``, ``dense[stack]``);
-    strategies with an extra value projection get a ``[fused]`` row with
-    ``ModelConfig.fuse_gate_projection`` on.
+    strategies with a ``fuse_projection`` option get a ``[fused]`` row with it on.
     """
     impls = getattr(strategies_module, "DEPTH_IMPLS", ("buffer", "stack"))
-    can_fuse = "fuse_gate_projection" in {f.name for f in fields(ModelConfig)}
     found = []
     for name in sorted(STRATEGIES, key=lambda n: n != "baseline"):
         cls = STRATEGIES[name]
@@ -95,8 +93,8 @@ def discover_variants(labels: list[str] | None = None) -> list[Variant]:
         else:
             for value in sorted(impls, key=lambda v: v != impl.default):
                 found.append(Variant(name if value == impl.default else f"{name}[{value}]", name, {"impl": value}))
-        if can_fuse and getattr(cls, "extra_value_projection", None) is not getattr(Strategy, "extra_value_projection", None):
-            found.append(Variant(f"{name}[fused]", name, {}, {"fuse_gate_projection": True}))
+        if "fuse_projection" in inspect.signature(cls.__init__).parameters:
+            found.append(Variant(f"{name}[fused]", name, {"fuse_projection": True}))
     if labels is None:
         return found
     known = {v.label: v for v in found}
@@ -111,8 +109,7 @@ def variant_config(variant: Variant, bench: BenchConfig) -> ModelConfig:
     overrides: dict[str, Any] = {"max_seq_len": max(bench.seq_len, SIZES[bench.size].get("max_seq_len", 0))}
     if bench.n_layers is not None:
         overrides["n_layers"] = bench.n_layers
-    build = BUILDERS.get(variant.strategy)
-    cfg = build(bench.size, **overrides) if build else model_config(bench.size, variant.strategy, **overrides)
+    cfg = model_config(bench.size, variant.strategy, **overrides)
     cfg = cfg.with_strategy(variant.strategy, **{**cfg.strategy_options, **variant.options})
     return replace(cfg, **variant.model_options)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from recipes.lm.model import CausalLM
-from value_routing.strategies import SelectiveGate
+from value_routing.strategies import SelectiveGate, Strategy
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
 #: Byte classes, in the order of the ids returned by :func:`token_classes`.
@@ -66,27 +66,21 @@ def token_classes(tokens: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch seq"]:
 
 
 @contextlib.contextmanager
-def recorded_block_inputs(model: CausalLM) -> Iterator[list[Any]]:
-    """Record each block's input for the duration of the ``with`` (hooks removed on exit)."""
-    inputs: list[Any] = [None] * len(model.blocks)
+def recorded_value_inputs(strategy: Strategy) -> Iterator[dict[int, Tensor]]:
+    """``{layer: h}``: the normed tensor every block hands to ``strategy.mix_value`` as ``h``, recorded
+    for the duration of the ``with`` (whatever the block; the strategy is restored on exit)."""
+    seen: dict[int, Tensor] = {}
+    original = strategy.mix_value
 
-    def hook_for(layer: int):
-        def hook(module, args, kwargs):
-            inputs[layer] = args[0] if args else kwargs["inp"]
-        return hook
+    def record(layer, v, h, state, logits=None):
+        seen[layer] = h
+        return original(layer, v, h, state, logits=logits)
 
-    handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(model.blocks)]
+    strategy.mix_value = record  # type: ignore[method-assign]
     try:
-        yield inputs
+        yield seen
     finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _gate_input(block, inp) -> Float[Tensor, "batch seq dim"]:
-    """The normed tensor the block hands to ``mix_value`` as ``h`` (the value input's norm)."""
-    source = inp.v if inp.v is not None else (inp.x if inp.q is None else inp.q)
-    return block.attn_norm(source)
+        del strategy.mix_value
 
 
 @torch.no_grad()
@@ -103,15 +97,11 @@ def gate_values(model: CausalLM, tokens: Int[Tensor, "batch seq"]) -> dict[int, 
     was_training = model.training
     model.eval()
     try:
-        with recorded_block_inputs(model) as inputs:
+        with recorded_value_inputs(gate) as inputs:
             model(tokens)
     finally:
         model.train(was_training)
-    return {
-        layer: gate.gate(layer, _gate_input(model.blocks[layer], inputs[layer]))
-        for layer in range(model.cfg.n_layers)
-        if gate.is_gated(layer)
-    }
+    return {layer: gate.gate(layer, inputs[layer]) for layer in range(model.cfg.n_layers) if gate.is_gated(layer)}
 
 
 def _stats(alpha: Float[Tensor, "tokens layers heads"]) -> dict[str, Any]:
@@ -134,7 +124,7 @@ def analyze_gates(model: CausalLM, tokens: Int[Tensor, "batch seq"]) -> dict[str
     summary: dict[str, Any] = {
         "act": model.strategy.act,
         "gated_layers": layers,
-        "n_kv_heads": model.cfg.kv_heads,
+        "n_kv_heads": model.cfg.n_kv_heads,
         "tokens": alpha.shape[0],
         **{k: v for k, v in _stats(alpha).items() if k != "count"},
         "overall": {
@@ -194,30 +184,6 @@ def _heatmap(fig, ax, values, rows: list[str], cols: list[str], title: str) -> N
     fig.colorbar(im, ax=ax)
 
 
-def load_model(checkpoint: str | Path, size: str = "tiny", act: str = "relu", last_k: int | None = None) -> CausalLM:
-    """A SATFormer from a checkpoint directory or ``.safetensors`` file (no pickle).
-
-    Weights saved with their model config (as :mod:`recipes.train.pretrain` does) rebuild that model;
-    a bare state dict is loaded into a ``size`` SATFormer with ``act`` and ``last_k``.
-    """
-    from safetensors import safe_open
-
-    from recipes.train import checkpoint as ckpt
-    from recipes.lm.builders import satformer
-
-    path = Path(checkpoint)
-    file = path / ckpt.MODEL_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise ValueError(f"checkpoint must be a safetensors file or a checkpoint directory, got {str(checkpoint)!r}")
-    with safe_open(str(file), framework="pt") as f:
-        has_config = "model_config" in (f.metadata() or {})
-    if has_config:
-        return ckpt.load_model(file)
-    model = CausalLM(satformer(size, act=act, last_k=last_k))
-    model.load_state_dict(ckpt.load_weights(file))
-    return model
-
-
 def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     """A tiny SATFormer trained ``steps`` steps on the embedded corpus (as in the demo)."""
     from recipes.lm.builders import satformer
@@ -251,7 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="runs/gates")
     args = p.parse_args(argv)
     if args.checkpoint:
-        model = load_model(args.checkpoint, args.size, args.act, args.last_k)
+        from recipes.lm.builders import satformer
+        from recipes.train.checkpoint import load_model
+
+        # bare weights (no saved config) are taken to be a ``--size`` SATFormer with --act / --last-k
+        model = load_model(args.checkpoint, config=satformer(args.size, act=args.act, last_k=args.last_k))
     else:
         model = train_tiny(args.steps, args.act, args.seed)
     _, val = embedded_corpus()

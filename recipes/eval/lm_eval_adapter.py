@@ -12,7 +12,7 @@ with ``encode`` / ``decode`` (a ``transformers`` tokenizer is called without spe
     simple_evaluate(model=lm, tasks=["my_task"], task_manager=TaskManager(include_path="tasks/"))
 
 or by name: ``simple_evaluate(model="value_routing", model_args="pretrained=ckpt_dir")`` where
-``ckpt_dir`` was written by :meth:`recipes.interop.hf.SATForCausalLM.save_pretrained`. Nothing is
+``ckpt_dir`` was written by :meth:`recipes.interop.hf.ValueRoutingForCausalLM.save_pretrained`. Nothing is
 downloaded. Needs the optional extra ``pip install 'value_routing[eval]'``.
 """
 
@@ -42,7 +42,7 @@ GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k")
 
 @register_model("value_routing")
 class ValueRoutingLM(TemplateLM):
-    """lm-eval ``LM`` over a :class:`CausalLM` (or a ``SATForCausalLM``, or its saved directory).
+    """lm-eval ``LM`` over a :class:`CausalLM` (or a ``ValueRoutingForCausalLM``, or its saved directory).
 
     ``prefix_token_id`` conditions empty contexts and rolling windows (default: the
     tokenizer's BOS/EOS, or ``"\\n"`` for the byte tokenizer, which has no special tokens).
@@ -261,14 +261,14 @@ def _special_id(tokenizer: Any, names: Sequence[str]) -> int | None:
 def _load_model(pretrained: Any) -> CausalLM:
     if isinstance(pretrained, CausalLM):
         return pretrained
-    if isinstance(getattr(pretrained, "model", None), CausalLM):  # recipes.interop.hf.SATForCausalLM
+    if isinstance(getattr(pretrained, "model", None), CausalLM):  # recipes.interop.hf.ValueRoutingForCausalLM
         return pretrained.model
     if isinstance(pretrained, (str, os.PathLike)) and os.path.isdir(pretrained):
-        from recipes.interop.hf import SATForCausalLM
+        from recipes.interop.hf import ValueRoutingForCausalLM
 
-        return SATForCausalLM.from_pretrained(pretrained, local_files_only=True).model
+        return ValueRoutingForCausalLM.from_pretrained(pretrained, local_files_only=True).model
     raise ValueError(
-        "pretrained must be a CausalLM, a SATForCausalLM or a local directory written by save_pretrained, "
+        "pretrained must be a CausalLM, a ValueRoutingForCausalLM or a local directory written by save_pretrained, "
         f"got {pretrained!r}"
     )
 

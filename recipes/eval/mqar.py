@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recipes.lm.builders import BUILDERS
+from recipes.lm.builders import model_config
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, fit, make_optimizer
@@ -163,12 +163,9 @@ DEMO_MODEL: dict[str, int] = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=
 
 
 def mqar_model_config(strategy: str, task: MQARConfig = DEMO_TASK, size: str = "tiny", **overrides: Any) -> ModelConfig:
-    """The ``size`` config of ``strategy`` (its demo builder) sized for ``task``."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
+    """The ``size`` config of ``strategy`` (its default options) sized for ``task``."""
     overrides = {"vocab_size": task.vocab_size, "max_seq_len": task.seq_len, **overrides}
-    build = BUILDERS.get(strategy)
-    return build(size, **overrides) if build else BUILDERS["baseline"](size, **overrides).with_strategy(strategy)
+    return model_config(size, strategy, **overrides)
 
 
 def train_mqar(
@@ -203,7 +200,7 @@ def format_mqar(results: list[MQARResult], task: MQARConfig = DEMO_TASK) -> str:
 
 def main(argv: list[str] | None = None) -> list[MQARResult]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--strategies", nargs="+", default=list(BUILDERS), choices=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--vocab-size", type=int, default=DEMO_TASK.vocab_size)
     p.add_argument("--seq-len", type=int, default=DEMO_TASK.seq_len)
     p.add_argument("--num-kv-pairs", type=int, default=DEMO_TASK.num_kv_pairs)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from recipes.lm.builders import BUILDERS, SIZES
+from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
@@ -126,7 +126,7 @@ def noise_note(noise: dict[str, Any] | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--strategies", nargs="+", default=list(BUILDERS), choices=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
           f"{cfg.steps} steps × {cfg.batch_size}×{cfg.seq_len} tokens, size={args.size}")
     results = []
     for name in tqdm(args.strategies, desc="strategies"):
-        results.append(train_one(BUILDERS[name](args.size), cfg, train, val))
+        results.append(train_one(model_config(args.size, name), cfg, train, val))
     mqar = mqar_noise = None
     if not args.no_mqar:
         mqar_cfg = replace(DEMO_TRAIN, seed=args.seed)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         print(format_mqar(runs, DEMO_TASK))
         mqar = {r.strategy: r.accuracy for r in runs}
         mqar_noise = study_noise("mqar", mqar_cfg, mqar_model_config("baseline", DEMO_TASK, **DEMO_MODEL))
-    noise = study_noise("lm", cfg, BUILDERS["baseline"](args.size))
+    noise = study_noise("lm", cfg, model_config(args.size, "baseline"))
     print(format_table(results, mqar, noise, mqar_noise))
     print(noise_note(noise))
     return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from recipes.lm.builders import BUILDERS, SIZES, model_config
+from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
 from recipes.train.optim import TrainConfig
@@ -25,9 +25,12 @@ class Variant:
             raise ValueError(f"variant {self.name!r}: strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
 
 
+#: The six strategies of the SATFormer paper's comparison, in the study's row order.
+PAPER_STRATEGIES: tuple[str, ...] = ("baseline", "static", "satformer", "dense", "mudd", "hyper")
+
 #: The variants a study can name. Ablations of SATFormer vary one option of the ``satformer`` row.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    *(Variant(name, name) for name in BUILDERS),
+    *(Variant(name, name) for name in PAPER_STRATEGIES),
     Variant("satformer-sigmoid", "satformer", {"act": "sigmoid"}),
     Variant("satformer-last4", "satformer", {"last_k": 4}),
     # relu gates start nearly closed; a 0.5 bias starts them half open, as static's λ1 = 0.5
@@ -53,9 +56,9 @@ class Shape:
 
 def study_model_config(variant: Variant, shape: Shape, vocab_size: int, max_seq_len: int) -> ModelConfig:
     """The model of ``variant`` at ``shape``: the ``small`` preset (with ``shape.paper_arch``) or
-    the ``tiny`` one made ``shape``'s width and depth, the builder's options updated by the variant's."""
+    the ``tiny`` one made ``shape``'s width and depth, with the variant's strategy options."""
     size = "small" if shape.paper_arch else "tiny"
-    options = {**BUILDERS[variant.strategy](size).strategy_options, **variant.options}
+    options = dict(variant.options)
     dims = dict(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads,
                 n_kv_heads=shape.n_kv_heads, vocab_size=vocab_size, max_seq_len=max_seq_len)
     if shape.paper_arch:  # keep the preset's FFN ratio at the narrower width
@@ -158,7 +161,7 @@ def _variants(*names: str) -> tuple[Variant, ...]:
 def demo_preset() -> StudyConfig:
     """The demo's exact settings (``python -m recipes.train``) over seeds 0-3: its noise scale."""
     return StudyConfig(
-        variants=_variants(*BUILDERS), seeds=(0, 1, 2, 3), shape=_TINY,
+        variants=_variants(*PAPER_STRATEGIES), seeds=(0, 1, 2, 3), shape=_TINY,
         lm=Task(TrainConfig()),
         mqar=Task(DEMO_TRAIN, DEMO_TASK, Shape(**DEMO_MODEL, paper_arch=False)),
     )
@@ -204,7 +207,7 @@ def published_preset() -> StudyConfig:
     mqar = TrainConfig(steps=1000, batch_size=64, seq_len=PUBLISHED_MQAR.seq_len, lr=3e-3, warmup=30, eval_batches=8)
     ablations = ("satformer-sigmoid", "satformer-bias", "satformer-last4")
     return StudyConfig(
-        variants=_variants(*BUILDERS, *ablations), seeds=(0, 1, 2, 3, 4), shape=Shape(128, 8, 4, 2),
+        variants=_variants(*PAPER_STRATEGIES, *ablations), seeds=(0, 1, 2, 3, 4), shape=Shape(128, 8, 4, 2),
         lm=Task(lm), mqar=Task(mqar, PUBLISHED_MQAR, Shape(64, 4, 4, 2)),
         lm_only=("satformer-last4",),  # the 4-layer MQAR model has only 3 layers that read V1
     )

@@ -1,19 +1,19 @@
 """Hugging Face ``transformers`` interop: config and model wrappers, Auto* registration.
 
-:class:`SATConfig` is a ``PretrainedConfig`` carrying every field of
+:class:`ValueRoutingConfig` is a ``PretrainedConfig`` carrying every field of
 :class:`recipes.lm.config.ModelConfig` (``strategy`` and ``strategy_options`` included);
-:class:`SATForCausalLM` wraps :class:`recipes.lm.model.CausalLM` so that ``save_pretrained`` /
+:class:`ValueRoutingForCausalLM` wraps :class:`recipes.lm.model.CausalLM` so that ``save_pretrained`` /
 ``from_pretrained`` (safetensors), ``AutoModelForCausalLM`` and ``generate()`` work. Importing
 this module registers both under ``model_type = "value_routing"``::
 
-    from recipes.interop.hf import SATForCausalLM
-    hf = SATForCausalLM.from_causal_lm(model)     # shares model's weights
+    from recipes.interop.hf import ValueRoutingForCausalLM
+    hf = ValueRoutingForCausalLM.from_causal_lm(model)     # shares model's weights
     hf.save_pretrained("ckpt")
     hf = AutoModelForCausalLM.from_pretrained("ckpt")
     out = hf.generate(prompt, max_new_tokens=32, do_sample=False)
 
 ``generate`` decodes with our preallocated :class:`~recipes.lm.model.KVCache` passed as
-``past_key_values`` (a :class:`SATCache`, grown by doubling). Prompts of different lengths
+``past_key_values`` (a :class:`ValueRoutingCache`, grown by doubling). Prompts of different lengths
 batch with padding as usual (``tokenizer(..., padding=True)`` gives ``attention_mask``; left
 padding is the ``generate`` convention, right padding works too): every row continues as it
 would alone. Needs the optional extra ``pip install 'value_routing[hf]'``.
@@ -41,7 +41,7 @@ MODEL_TYPE = "value_routing"
 _FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
-class SATConfig(PretrainedConfig):
+class ValueRoutingConfig(PretrainedConfig):
     """A :class:`ModelConfig` as a ``PretrainedConfig`` (fields validated by ModelConfig)."""
 
     model_type = MODEL_TYPE
@@ -64,14 +64,14 @@ class SATConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
-    def from_model_config(cls, cfg: ModelConfig, **kwargs: Any) -> "SATConfig":
+    def from_model_config(cls, cfg: ModelConfig, **kwargs: Any) -> "ValueRoutingConfig":
         return cls(**{name: getattr(cfg, name) for name in _FIELDS}, **kwargs)
 
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(**{name: getattr(self, name) for name in _FIELDS})
 
 
-class SATCache:
+class ValueRoutingCache:
     """``past_key_values`` for ``generate``: a :class:`KVCache` that grows by doubling when full.
 
     Mutable on purpose (``generate`` threads one object through its steps); the model itself
@@ -118,24 +118,24 @@ class SATCache:
                               self.kv.padded)
 
 
-class SATForCausalLM(PreTrainedModel, GenerationMixin):
+class ValueRoutingForCausalLM(PreTrainedModel, GenerationMixin):
     """:class:`CausalLM` behind the ``PreTrainedModel`` interface (weights under ``model.``)."""
 
-    config_class = SATConfig
+    config_class = ValueRoutingConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["TransformerBlock"]
 
-    def __init__(self, config: SATConfig) -> None:
+    def __init__(self, config: ValueRoutingConfig) -> None:
         super().__init__(config)
         self.model = CausalLM(config.to_model_config())
         self.post_init()
 
     @classmethod
-    def from_causal_lm(cls, model: CausalLM) -> "SATForCausalLM":
+    def from_causal_lm(cls, model: CausalLM) -> "ValueRoutingForCausalLM":
         """Wrap an existing model (parameters are shared, not copied)."""
         with torch.device("meta"):
-            hf = cls(SATConfig.from_model_config(model.cfg))
+            hf = cls(ValueRoutingConfig.from_model_config(model.cfg))
         hf.model = model
         return hf
 
@@ -150,6 +150,13 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         if info["missing_keys"]:
             raise ValueError(f"checkpoint is missing weights {sorted(info['missing_keys'])}")
+        with torch.no_grad():
+            # Weights read from the file may sit at any byte offset; CPU GEMM kernels round
+            # differently on unaligned rows (a 1-row gate projection showed 2e-7), so a reloaded
+            # model would not reproduce the saved one bit for bit. Each gets memory of its own.
+            for param in model.parameters():
+                if param.data_ptr() % 64:
+                    param.data = param.data.clone()
         return (model, info) if want_info else model
 
     @torch.no_grad()
@@ -161,7 +168,7 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # generate must not build a DynamicCache: we bring our own SATCache
+        return False  # generate must not build a DynamicCache: we bring our own ValueRoutingCache
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.embed
@@ -173,7 +180,7 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: SATCache | None = None,
+        past_key_values: ValueRoutingCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
@@ -191,10 +198,10 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"{name}=True is not supported")
         if past_key_values is None:  # transformers >= 5.x passes the cache as ``cache=``
             past_key_values = kwargs.pop("cache", None)
-        if past_key_values is not None and not isinstance(past_key_values, SATCache):
-            raise ValueError(f"past_key_values must be a SATCache or None, got {type(past_key_values).__name__}")
+        if past_key_values is not None and not isinstance(past_key_values, ValueRoutingCache):
+            raise ValueError(f"past_key_values must be a ValueRoutingCache or None, got {type(past_key_values).__name__}")
         if use_cache and past_key_values is None:
-            past_key_values = SATCache()
+            past_key_values = ValueRoutingCache()
         kv = None
         if past_key_values is not None:
             batch, seq = input_ids.shape
@@ -228,11 +235,11 @@ class SATForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 def register() -> None:
-    """Register :class:`SATConfig` / :class:`SATForCausalLM` with ``AutoConfig`` / ``AutoModelForCausalLM``."""
-    AutoConfig.register(MODEL_TYPE, SATConfig, exist_ok=True)
-    AutoModelForCausalLM.register(SATConfig, SATForCausalLM, exist_ok=True)
+    """Register :class:`ValueRoutingConfig` / :class:`ValueRoutingForCausalLM` with ``AutoConfig`` / ``AutoModelForCausalLM``."""
+    AutoConfig.register(MODEL_TYPE, ValueRoutingConfig, exist_ok=True)
+    AutoModelForCausalLM.register(ValueRoutingConfig, ValueRoutingForCausalLM, exist_ok=True)
 
 
 register()
 
-__all__ = ["MODEL_TYPE", "SATCache", "SATConfig", "SATForCausalLM", "register"]
+__all__ = ["MODEL_TYPE", "ValueRoutingCache", "ValueRoutingConfig", "ValueRoutingForCausalLM", "register"]

@@ -7,7 +7,6 @@ user-facing names.
 """
 
 from recipes.lm.builders import (
-    BUILDERS,
     SIZES,
     denseformer,
     hyperconnections,
@@ -22,7 +21,6 @@ from recipes.lm.generate import generate, sample
 from recipes.lm.model import CausalLM, KVCache
 
 __all__ = [
-    "BUILDERS",
     "SIZES",
     "CausalLM",
     "KVCache",

@@ -66,8 +66,7 @@ def model_config(size: str = "small", strategy: str = "baseline", **overrides: A
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
+    STRATEGIES.lookup(strategy)  # a ValueError naming the registered strategies
     fields, options = dict(SIZES[size]), dict(overrides.pop("strategy_options", None) or {})
     if size in PAPER_SIZES:
         options = {**PAPER_OPTIONS.get(strategy, {}), **options}
@@ -95,14 +94,6 @@ def satformer(size: str = "small", act: str = "relu", last_k: int | None = None,
     return model_config(size, "satformer", strategy_options={"act": act, "last_k": last_k}, **overrides)
 
 
-def satformer_tiny(**overrides: Any) -> ModelConfig:
-    return satformer("tiny", **overrides)
-
-
-def satformer_small(**overrides: Any) -> ModelConfig:
-    return satformer("small", **overrides)
-
-
 def denseformer(
     size: str = "small", dilation: int = 1, period: int = 1, impl: str = "buffer", **overrides: Any
 ) -> ModelConfig:
@@ -126,13 +117,6 @@ def hyperconnections(
     return model_config(size, "hyper", strategy_options=_given(rate=rate, dynamic=dynamic, form=form), **overrides)
 
 
-#: One builder per strategy name (the recipes' table rows).
-BUILDERS = {
-    "baseline": transformer, "static": resformer, "satformer": satformer,
-    "dense": denseformer, "mudd": muddformer, "hyper": hyperconnections,
-}
-
-
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
     from recipes.lm.model import CausalLM
@@ -142,5 +126,5 @@ def count_params(cfg: ModelConfig) -> int:
 
 
 def param_counts() -> dict[str, dict[str, int]]:
-    """Parameter count of every size × strategy, as the builders make them."""
-    return {size: {name: count_params(build(size)) for name, build in BUILDERS.items()} for size in SIZES}
+    """Parameter count of every size × registered strategy (:func:`model_config` with its defaults)."""
+    return {size: {name: count_params(model_config(size, name)) for name in STRATEGIES} for size in SIZES}

@@ -8,12 +8,10 @@ from typing import Any, Mapping
 
 import torch
 
+from blocks import BLOCKS, BlockSpec
 from recipes.lm.checks import check_choice, check_min
-from value_routing.attention import BACKENDS
-from value_routing.strategies import STRATEGIES, ModelDims, build_strategy
-
-#: Fields that may be ``None`` (a default derived from other fields).
-_OPTIONAL = ("qk_norm_eps", "out_proj_std")
+from value_routing.attention import ATTENTION_BACKENDS
+from value_routing.strategies import STRATEGIES, ModelDims, build_strategy, strategy_options
 
 
 def realloc_ffn_width(d_ff: int, layer: int, n_layers: int) -> int:
@@ -32,19 +30,33 @@ def realloc_ffn_width(d_ff: int, layer: int, n_layers: int) -> int:
     return max(256, (width + 127) // 256 * 256)
 
 
+#: Fields that ``None`` derives from others at construction (see :class:`ModelConfig`).
+_DERIVED: dict[str, Any] = {
+    "n_kv_heads": lambda c: c.n_heads,
+    "d_ff": lambda c: 4 * c.d_model,
+    "qk_norm_eps": lambda c: c.norm_eps,
+    "out_proj_std": lambda c: c.init_std / math.sqrt(2 * c.n_layers),
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only LM with a reuse strategy.
 
     ``strategy`` names an entry of :data:`value_routing.STRATEGIES`; ``strategy_options`` are
     passed to its constructor (e.g. ``{"act": "sigmoid", "last_k": 4}`` for ``satformer``).
-    ``d_ff`` defaults to ``4 * d_model`` (SwiGLU hidden width), ``n_kv_heads`` to ``n_heads``.
+    ``block`` names the block factory (:data:`blocks.BLOCKS`), ``attention_backend`` the attention
+    (:data:`value_routing.attention.ATTENTION_BACKENDS`); both registries are open to users.
 
-    ``qk_norm_eps`` is the epsilon of the per-head q/k RMSNorms (``None``: ``norm_eps``; the
-    paper presets use 1e-5, the default of the norm the authors build them with).
-    ``out_proj_std`` is the init std of the attention output and SwiGLU down projections
-    (``None``: GPT-2's ``init_std / √(2 n_layers)``; the paper presets use ``init_std``, and
-    ``init_std / √rate`` for Hyper-Connections). ``ffn_realloc`` gives layer ``i = 1..L`` the
+    Four fields given as ``None`` are derived, once, at construction (as Hugging Face configs do),
+    so each concept has one name and the instance always holds the value in use: ``n_kv_heads``
+    (``n_heads``), ``d_ff`` (``4 * d_model``, the SwiGLU hidden width), ``qk_norm_eps``
+    (``norm_eps``; the epsilon of the per-head q/k RMSNorms; the paper presets use 1e-5, the
+    default of the norm the authors build them with) and ``out_proj_std`` (GPT-2's
+    ``init_std / √(2 n_layers)``; the init std of the attention output and SwiGLU down
+    projections; the paper presets use ``init_std``, and ``init_std / √rate`` for
+    Hyper-Connections). ``dataclasses.replace`` keeps the derived values: pass ``None`` again
+    to re-derive one after changing what it depends on. ``ffn_realloc`` gives layer ``i = 1..L`` the
     MUDDFormer width ``(0.5 (L-i) + 1.5 (i-1)) / (L-1) · d_ff`` rounded to a multiple of 256
     (:func:`realloc_ffn_width`).
     """
@@ -67,12 +79,22 @@ class ModelConfig:
     strategy: str = "baseline"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     attention_backend: str = "auto"
-    #: Fold the strategy's extra projection (SATFormer's ``W_α``) into each block's QKV GEMM.
-    fuse_gate_projection: bool = False
+    block: str = "transformer"
     #: Recompute each block in backward instead of keeping its activations (training only).
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_kv_heads", "d_ff"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool)) and not (value is None and name in _DERIVED):
+                raise ValueError(f"{name} must be an integer{' or None' if name in _DERIVED else ''}, got {value!r}")
+        for name in ("rope_theta", "norm_eps", "qk_norm_eps", "init_std", "out_proj_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                if not (value is None and name in _DERIVED):
+                    raise ValueError(f"{name} must be a number{' or None' if name in _DERIVED else ''}, got {value!r}")
+        if not isinstance(self.strategy_options, Mapping):
+            raise ValueError(f"strategy_options must be a mapping of option names to values, got {self.strategy_options!r}")
         check_min(self, 1, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
@@ -81,16 +103,20 @@ class ModelConfig:
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"d_ff must be >= 1, got {self.d_ff}")
+            raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff}")
         for name in ("norm_eps", "qk_norm_eps", "init_std", "out_proj_std"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
-                raise ValueError(f"{name} must be >= 0{' or None' if name in _OPTIONAL else ''}, got {value}")
-        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "fuse_gate_projection", "activation_checkpointing"):
+                raise ValueError(f"{name} must be >= 0{' or None' if name in _DERIVED else ''}, got {value}")
+        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_choice(self, "strategy", STRATEGIES)
-        check_choice(self, "attention_backend", BACKENDS)
+        check_choice(self, "attention_backend", ATTENTION_BACKENDS)
+        check_choice(self, "block", BLOCKS)
+        for name, derive in _DERIVED.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, derive(self))
         self._check_strategy_options()
 
     def _check_strategy_options(self) -> None:
@@ -99,33 +125,18 @@ class ModelConfig:
             with torch.device("meta"):
                 build_strategy(self.strategy, self.dims, **self.strategy_options)
         except TypeError as err:
-            raise ValueError(f"strategy_options {dict(self.strategy_options)} do not fit strategy {self.strategy!r}: {err}") from err
+            known = ", ".join(strategy_options(self.strategy)) or "none"
+            raise ValueError(f"strategy_options {dict(self.strategy_options)} do not fit strategy {self.strategy!r} "
+                             f"(its options: {known}): {err}") from err
         except ValueError as err:
             raise ValueError(f"strategy_options: {err}") from err
 
     @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_ff or 4 * self.d_model
-
-    @property
-    def ffn_dims(self) -> tuple[int, ...]:
-        """SwiGLU hidden width of every layer: ``ffn_dim``, or reallocated over depth."""
+    def d_ff_per_layer(self) -> tuple[int, ...]:
+        """SwiGLU hidden width of every layer: ``d_ff``, or reallocated over depth (``ffn_realloc``)."""
         if not self.ffn_realloc:
-            return (self.ffn_dim,) * self.n_layers
-        return tuple(realloc_ffn_width(self.ffn_dim, i, self.n_layers) for i in range(1, self.n_layers + 1))
-
-    @property
-    def qk_eps(self) -> float:
-        return self.norm_eps if self.qk_norm_eps is None else self.qk_norm_eps
-
-    @property
-    def out_std(self) -> float:
-        """Init std of the output projections (see ``out_proj_std``)."""
-        return self.init_std / math.sqrt(2 * self.n_layers) if self.out_proj_std is None else self.out_proj_std
+            return (self.d_ff,) * self.n_layers
+        return tuple(realloc_ffn_width(self.d_ff, i, self.n_layers) for i in range(1, self.n_layers + 1))
 
     @property
     def head_dim(self) -> int:
@@ -133,7 +144,12 @@ class ModelConfig:
 
     @property
     def dims(self) -> ModelDims:
-        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.kv_heads)
+        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads)
+
+    def block_spec(self, layer: int, separate_qkv_norms: bool = False) -> BlockSpec:
+        """What the block factory needs to build block ``layer``."""
+        return BlockSpec(layer, self.d_model, self.n_heads, self.n_kv_heads, self.d_ff_per_layer[layer], self.qk_norm,
+                         self.norm_eps, self.qk_norm_eps, separate_qkv_norms)
 
     def with_strategy(self, strategy: str, **options: Any) -> "ModelConfig":
         """A copy of this config running another strategy."""

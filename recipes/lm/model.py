@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from blocks import LayerCache, RMSNorm, TransformerBlock, rope_tables
+from blocks import BLOCKS, AttentionContext, LayerCache, RMSNorm, rope_tables
 from recipes.lm.config import ModelConfig
 from recipes.lm.checks import check_attention_mask, check_targets, check_tokens
 from value_routing.attention import AttentionMask, get_backend
@@ -43,7 +42,7 @@ class KVCache:
         max_len = max_len or cfg.max_seq_len
         if max_len > cfg.max_seq_len:
             raise ValueError(f"max_len ({max_len}) must be <= max_seq_len ({cfg.max_seq_len})")
-        shape = (batch, max_len, cfg.kv_heads, cfg.head_dim)
+        shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
         layers = tuple(
             LayerCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(cfg.n_layers)
@@ -68,12 +67,9 @@ class CausalLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.strategy = build_strategy(cfg.strategy, cfg.dims, **cfg.strategy_options)
+        make_block = BLOCKS.lookup(cfg.block)
         self.blocks = nn.ModuleList(
-            TransformerBlock(
-                cfg.d_model, cfg.n_heads, cfg.kv_heads, d_ff, cfg.qk_norm, cfg.norm_eps, cfg.qk_eps,
-                separate_qkv_norms=self.strategy.separate_qkv_norms,
-            )
-            for d_ff in cfg.ffn_dims
+            make_block(cfg.block_spec(i, self.strategy.separate_qkv_norms)) for i in range(cfg.n_layers)
         )
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -101,12 +97,11 @@ class CausalLM(nn.Module):
         self.rope_sin = sin.to(self.rope_sin.device, dtype)
 
     def reset_parameters(self) -> None:
-        """N(0, init_std); the output projections N(0, ``cfg.out_std``) (GPT-2's
-        ``init_std / √(2L)`` unless ``out_proj_std`` is set)."""
-        std, out_std = self.cfg.init_std, self.cfg.out_std
+        """N(0, init_std); the output projections N(0, ``cfg.out_proj_std``) (GPT-2's
+        ``init_std / √(2L)`` unless set), each block through its own ``reset_parameters``."""
+        std = self.cfg.init_std
         for block in self.blocks:
-            for lin, s in ((block.attn.wqkv, std), (block.ffn.w13, std), (block.attn.wo, out_std), (block.ffn.w2, out_std)):
-                nn.init.normal_(lin.weight, std=s)
+            block.reset_parameters(std, self.cfg.out_proj_std)
         nn.init.normal_(self.embed.weight, std=std)
         if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, std=std)
@@ -179,27 +174,19 @@ class CausalLM(nn.Module):
         mask = AttentionMask(offset, None if seq_lens is None else tuple(int(n) for n in seq_lens), keep)
         mask.check(batch, seq, offset + seq)
         positions = mask.positions(seq, tokens.device)
-        rope = (self.rope_cos[positions], self.rope_sin[positions])
-        attend = get_backend(self.cfg.attention_backend, tokens.device)
-
-        x = self.embed(tokens)
-        state = self.strategy.init_state(x)
-        v1 = None
+        ctx = AttentionContext((self.rope_cos[positions], self.rope_sin[positions]), mask,
+                               get_backend(self.cfg.attention_backend, tokens.device))
+        inp, state = self.strategy.init_state(self.embed(tokens), tokens)
+        # Checkpointing keeps only each block's inputs; block_output (the depth routing) stays outside it.
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
-            inp = self.strategy.block_input(i, x, state)
-            # Checkpointing keeps only each block's inputs; the strategies' depth state lives outside it.
-            run = functools.partial(checkpoint, block, use_reentrant=False) if recompute else block
-            out = run(
-                inp, v1=v1, mix_value=_LayerMix(self.strategy, i), rope=rope, mask=mask, attend=attend,
-                cache=None if cache is None else cache.layers[i],
-                extra_projection=self.strategy.extra_value_projection(i) if self.cfg.fuse_gate_projection else None,
-                residual=_LayerResidual(self.strategy, i), state=state,
-            )
-            if i == 0:  # layer 0's v is a slice of its QKV output; every later mix saves V1: copy it
-                v1 = out.v_raw.contiguous() if self.strategy.uses_v1 else out.v_raw
-            x, state = self.strategy.block_output(i, out.y, out.state)
-        x = self.norm(self.strategy.finalize(x, state))
+            layer_cache = None if cache is None else cache.layers[i]
+            if recompute:
+                y, state = checkpoint(block, inp, self.strategy, state, ctx, layer_cache, use_reentrant=False)
+            else:
+                y, state = block(inp, self.strategy, state, ctx, layer_cache)
+            inp, state = self.strategy.block_output(i, y, state)
+        x = self.norm(inp.x)
         new_cache = None if cache is None else KVCache(cache.layers, offset + seq, cache.keep, keep is not None)
         return x, new_cache
 
@@ -226,27 +213,3 @@ def _key_keep(
         cache.keep[:, offset:end] = new  # always: a later padded step must see these as real
         return cache.keep[:, :end] if padded else None
     return new if padded else None
-
-
-class _LayerMix:
-    """The strategy's value hook bound to one layer (a plain callable, compile-friendly)."""
-
-    __slots__ = ("strategy", "layer")
-
-    def __init__(self, strategy, layer: int) -> None:
-        self.strategy, self.layer = strategy, layer
-
-    def __call__(self, v: Tensor, v1: Tensor | None, h: Tensor, **logits: Tensor) -> Tensor:
-        return self.strategy.mix_value(self.layer, v, v1, h, **logits)
-
-
-class _LayerResidual:
-    """The strategy's residual hook bound to one layer."""
-
-    __slots__ = ("strategy", "layer")
-
-    def __init__(self, strategy, layer: int) -> None:
-        self.strategy, self.layer = strategy, layer
-
-    def __call__(self, sublayer: int, x: Tensor, out: Tensor, state):
-        return self.strategy.residual(self.layer, sublayer, x, out, state)

@@ -16,13 +16,14 @@ from typing import Any, Callable, Mapping
 import torch
 
 from recipes.bench.measure import BenchConfig, Variant, measure
-from recipes.lm.builders import BUILDERS, SIZES
+from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM, KVCache
 from recipes.train import lm_loss
 from recipes.lm.checks import check_choice, check_min
 from value_routing.attention import AttentionMask, sdpa_attention, xformers_attention
 from value_routing.attention.backends import xformers_unavailable_reason
+from value_routing.strategies import STRATEGIES
 from value_routing.kernels import (
     GATE_ACTIVATIONS,
     HAS_TRITON,
@@ -51,7 +52,7 @@ class DoctorConfig:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     #: ``torch.compile`` backend of the compile checks (``aot_eager`` traces without code generation).
     compile_backend: str = "inductor"
-    strategies: tuple[str, ...] = tuple(BUILDERS)
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
     bench_rounds: int = 5
     #: The measured models' size and batch; ``None``: ``small`` at 8×1024 tokens on CUDA, ``tiny``
     #: at 4×128 on CPU (a short run either way).
@@ -64,9 +65,9 @@ class DoctorConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' needs a CUDA device, but torch.cuda.is_available() is False")
         check_choice(self, "compile_backend", COMPILE_BACKENDS)
-        unknown = [s for s in self.strategies if s not in BUILDERS]
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
-            raise ValueError(f"strategies must be a non-empty subset of {tuple(BUILDERS)}, got {self.strategies}")
+            raise ValueError(f"strategies must be a non-empty subset of {tuple(STRATEGIES)}, got {self.strategies}")
         check_min(self, 1, "bench_rounds")
         if self.bench_size is not None:
             check_choice(self, "bench_size", SIZES)
@@ -202,8 +203,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def small_config(strategy: str) -> ModelConfig:
     """A model small enough to compile in seconds, with GQA and the strategy's default options."""
-    return BUILDERS[strategy](
-        "tiny", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, attention_backend="auto"
+    return model_config(
+        "tiny", strategy, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, attention_backend="auto"
     )
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import sys
 
-from recipes.lm.builders import BUILDERS, param_counts
+from recipes.lm.builders import param_counts
 
 
 def format_params(counts: dict[str, dict[str, int]] | None = None) -> str:
     """One row per size, one column per strategy builder (millions of parameters)."""
     counts = param_counts() if counts is None else counts
-    lines = [f"{'size':<8}" + "".join(f"{name:>14}" for name in BUILDERS)]
+    lines = [f"{'size':<8}" + "".join(f"{name:>14}" for name in next(iter(counts.values())))]
     for size, row in counts.items():
         lines.append(f"{size:<8}" + "".join(f"{n / 1e6:>13.2f}M" for n in row.values()))
     return "\n".join(lines)

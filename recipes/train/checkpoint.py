@@ -248,18 +248,25 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     return state
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Rebuild a :class:`recipes.lm.model.CausalLM` from a checkpoint directory or ``model.safetensors``."""
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", config: Any = None) -> torch.nn.Module:
+    """Rebuild a :class:`recipes.lm.model.CausalLM` from a checkpoint directory or a ``.safetensors`` file.
+
+    The model config saved with the weights (as :mod:`recipes.train.pretrain` saves it) rebuilds
+    the model; ``config`` (a :class:`~recipes.lm.config.ModelConfig`) is used for bare weights
+    that carry none, and must match them. A checkpoint directory is verified against its checksums.
+    """
     from recipes.lm.config import ModelConfig
     from recipes.lm.model import CausalLM
 
     path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"checkpoint must be a checkpoint directory or a .safetensors file, got {str(path)!r}")
     if path.is_dir() and (path / STATE_FILE).exists():
         verify_checkpoint(path)
-    file = path / MODEL_FILE if path.is_dir() else path
-    cfg = read_metadata(file).get("model_config")
-    if not cfg:
-        raise ValueError(f"{file} has no model_config metadata; build the model yourself and call load_weights")
-    model = CausalLM(ModelConfig(**cfg)).to(device)
+    saved = read_metadata(file).get("model_config")
+    if not saved and config is None:
+        raise ValueError(f"{file} has no model_config metadata; pass config= (a ModelConfig) to load bare weights")
+    model = CausalLM(ModelConfig(**saved) if saved else config).to(device)
     model.load_state_dict(load_weights(file))
     return model

@@ -1,8 +1,9 @@
 """Attention backends and the mask specification they share."""
 
 from value_routing.attention.backends import (
-    BACKENDS,
+    ATTENTION_BACKENDS,
     AttentionBackend,
+    BackendFactory,
     AutoAttention,
     get_backend,
     sdpa_attention,
@@ -14,8 +15,9 @@ from value_routing.attention.backends import (
 from value_routing.attention.mask import AttentionMask
 
 __all__ = [
-    "BACKENDS",
+    "ATTENTION_BACKENDS",
     "AttentionBackend",
+    "BackendFactory",
     "AttentionMask",
     "AutoAttention",
     "get_backend",

@@ -4,6 +4,12 @@ Every backend maps ``q (batch, q_len, heads, head_dim)``, ``k, v (batch, kv_len,
 head_dim)`` and an :class:`AttentionMask` to ``(batch, q_len, heads, head_dim)``; grouped-query
 attention (``kv_heads`` dividing ``heads``) is handled inside.
 
+Backends are looked up by name in :data:`ATTENTION_BACKENDS`, whose entries are *factories*:
+``factory(device) -> backend`` (or raise a ValueError saying why it cannot run there). Add your own
+from anywhere::
+
+    ATTENTION_BACKENDS.register("mine", lambda device: my_attention)   # ModelConfig(attention_backend="mine")
+
 ``auto`` degrades instead of failing mid-run: when xFormers cannot be imported, or raises on its
 first calls (an unsupported shape, dtype or GPU), it warns once, naming the reason, and uses SDPA
 for the rest of the process. An explicit ``xformers`` raises instead.
@@ -19,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from value_routing.attention.mask import AttentionMask
+from value_routing.registry import Registry
 from value_routing.typing import Float, Tensor, shapecheck
-
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers")
 
 
 class AttentionBackend(Protocol):
@@ -174,24 +179,40 @@ def _on_cuda(device: torch.device | str | None) -> bool:
     return torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
 
 
-def get_backend(name: str = "auto", device: torch.device | str | None = None) -> Callable[..., Tensor]:
-    """Resolve a backend name.
+#: ``factory(device) -> backend`` for a device (``None``: CUDA if available), by name.
+BackendFactory = Callable[[torch.device | str | None], AttentionBackend]
 
-    ``auto`` picks xFormers on CUDA (through :class:`AutoAttention`, which falls back to SDPA
-    with a warning if xFormers is unavailable or fails) and SDPA elsewhere; ``xformers`` raises
-    when xFormers cannot run.
-    """
-    if name not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
-    if name == "sdpa" or not _on_cuda(device):
-        if name == "xformers":
-            raise ValueError("attention backend 'xformers' needs CUDA and a working xformers install; use 'sdpa'")
+#: Attention backends by name (``ModelConfig.attention_backend``); entries are :data:`BackendFactory`.
+ATTENTION_BACKENDS: Registry[BackendFactory] = Registry("attention backend", "attention_backend")
+
+
+@ATTENTION_BACKENDS.register("sdpa")
+def _sdpa(device: torch.device | str | None) -> AttentionBackend:
+    return sdpa_attention
+
+
+@ATTENTION_BACKENDS.register("xformers")
+def _xformers(device: torch.device | str | None) -> AttentionBackend:
+    if not _on_cuda(device):
+        raise ValueError("attention backend 'xformers' needs CUDA and a working xformers install; use 'sdpa'")
+    reason = xformers_unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"attention backend 'xformers' cannot run ({reason}); use 'sdpa' or 'auto'")
+    return xformers_attention
+
+
+@ATTENTION_BACKENDS.register("auto")
+def _auto(device: torch.device | str | None) -> AttentionBackend:
+    """xFormers on CUDA (through :class:`AutoAttention`, which falls back to SDPA with a warning if
+    xFormers is unavailable or fails), SDPA elsewhere."""
+    if not _on_cuda(device):
         return sdpa_attention
     reason = xformers_unavailable_reason()
-    if name == "xformers":
-        if reason is not None:
-            raise ValueError(f"attention backend 'xformers' cannot run ({reason}); use 'sdpa' or 'auto'")
-        return xformers_attention
     if reason is not None:
         AUTO_ATTENTION.fall_back(reason)
     return sdpa_attention if AUTO_ATTENTION.failure is not None else AUTO_ATTENTION
+
+
+def get_backend(name: str = "auto", device: torch.device | str | None = None) -> AttentionBackend:
+    """The backend registered as ``name`` for ``device`` (see :data:`ATTENTION_BACKENDS`)."""
+    return ATTENTION_BACKENDS.lookup(name)(device)

@@ -1,32 +1,46 @@
 """The one protocol through which every reuse strategy plugs into a Transformer.
 
-A strategy is an ``nn.Module`` spanning the whole depth. The model calls five hooks, all
-pure functions of their arguments (state is passed and returned, never stored on modules):
+A strategy is an ``nn.Module`` spanning the whole depth. A model calls it from two places, the
+layer loop and the block, through four hooks, one per routing concern. Every hook is a pure
+function of its arguments: the strategy's per-pass ``state`` (V1, the depth buffer, the hyper
+streams, ...) is passed in and returned, never stored on a module, so the same calls work
+eagerly, under ``torch.compile`` and under activation checkpointing::
 
-``init_state(x0)``
-    Called once with the embedding output; returns the strategy's stream state.
-``block_input(layer, x, state)``
-    The inputs block ``layer`` reads: a :class:`BlockInput` (one residual tensor, optionally
-    distinct query/key/value inputs).
-``mix_value(layer, v, v1, h)``
-    Rewrites block ``layer``'s value projection ``v`` (RoPE-free, before attention and before
-    the KV cache). ``v1`` is layer 0's raw value projection, ``h`` the normed block input.
+    inp, state = strategy.init_state(x0, tokens)             # x0: the embedding output
+    for layer, block in enumerate(blocks):
+        # inside the block:
+        h = norm(inp.x)                                      # (inp.q / inp.k / inp.v when given)
+        q, k, v = project(h)
+        v, state = strategy.mix_value(layer, v, h, state)    # before attention and the KV cache
+        x, state = strategy.residual(layer, 0, inp.x, attend(q, k, v), state)
+        y, state = strategy.residual(layer, 1, x, mlp(norm(x)), state)
+        # back in the loop:
+        inp, state = strategy.block_output(layer, y, state)
+    logits = head(norm(inp.x))
+
+``init_state(x0, tokens)``
+    The first block's :class:`BlockInput` and the initial state (``tokens`` for strategies that
+    read the token ids; most ignore them).
+``mix_value(layer, v, h, state)``
+    The value path: rewrites block ``layer``'s raw value projection ``v`` (RoPE-free, before
+    attention and the KV cache) from ``h``, the normed tensor ``v`` was projected from. Value
+    strategies keep layer 0's raw values ``V1`` as their state.
 ``residual(layer, sublayer, x, out, state)``
-    Joins sublayer ``0`` (attention) or ``1`` (MLP) output ``out`` to its input ``x``; returns
-    the next stream and state. The default is the plain ``x + out``; strategies that route
-    around each sublayer (the Hyper-Connections authors' form) override it.
+    How sublayer ``0`` (attention) or ``1`` (MLP) output ``out`` joins the stream ``x``;
+    default ``x + out``. Hyper-Connections route here.
 ``block_output(layer, y, state)``
-    Turns the block output into the next residual ``x`` and the next state.
-``finalize(x, state)``
-    The hidden state fed to the final norm and LM head.
+    What the next block reads (a :class:`BlockInput`) from block ``layer``'s output ``y``: the
+    routing over depth of DenseFormer and MUDDFormer. After the last layer its ``x`` feeds the
+    final norm.
 
-One optional hook lets the model fold a strategy's projection of ``h`` into the block's
-GEMM: ``extra_value_projection(layer)`` returns weight rows ``W`` (or ``None``); a model that
-fuses calls ``mix_value(layer, v, v1, h, logits=h @ W.T)`` with those rows computed in the
-same GEMM as ``v`` (from the same input ``h``), so the strategy must accept ``logits=``.
+One optional hook lets a model fold a strategy's projection of ``h`` into its value GEMM:
+``value_projection(layer)`` returns weight rows ``W`` (or ``None``); a model that fuses passes
+``logits=h @ W.T``, computed in the same GEMM as ``v``, to ``mix_value``. A model that does not
+fuse ignores it: the strategy then projects ``h`` itself.
 
-Defaults are identities, so a strategy overrides only what it routes. A block never
-inspects which strategy it runs with.
+Defaults are identities (the baseline), so a strategy overrides only what it routes, and a
+block never inspects which strategy it runs with. ``separate_qkv_norms`` asks the block for
+distinct learned norms of the query, key and value inputs (the MUDDFormer authors' form).
 """
 
 from __future__ import annotations
@@ -37,11 +51,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from value_routing.typing import Float, Tensor
+from value_routing.registry import Registry
+from value_routing.typing import Float, Int, Tensor
 
 
 class BlockInput(NamedTuple):
-    """What a block reads. ``q``/``k``/``v`` default to the residual input when ``None``."""
+    """What a block reads: the residual stream ``x`` and, when a strategy routes them apart,
+    distinct query/key/value inputs (``None``: the residual input)."""
 
     x: Float[Tensor, "batch seq dim"]
     q: Float[Tensor, "batch seq dim"] | None = None
@@ -66,8 +82,6 @@ class ModelDims:
 class Strategy(nn.Module):
     """Base class of all reuse strategies; every hook defaults to the identity (no reuse)."""
 
-    #: Whether ``mix_value`` needs layer 0's value projection (lets blocks skip passing it).
-    uses_v1: bool = False
     #: Whether blocks should give the query, key and value inputs separate learned norms.
     separate_qkv_norms: bool = False
 
@@ -79,27 +93,27 @@ class Strategy(nn.Module):
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options: Any) -> "Strategy":
-        """Build the strategy for a model of the given dimensions."""
+        """Build the strategy for a model of the given dimensions (the registry's builder)."""
         return cls(n_layers=dims.n_layers, **options)
 
-    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> Any:
-        return None
+    def init_state(
+        self, x0: Float[Tensor, "batch seq dim"], tokens: Int[Tensor, "batch seq"] | None = None
+    ) -> tuple[BlockInput, Any]:
+        return BlockInput(x0), None
 
-    def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: Any) -> BlockInput:
-        return BlockInput(x)
+    def value_projection(self, layer: int) -> Float[Tensor, "extra dim"] | None:
+        """Rows a model may append to its value-input GEMM; their output becomes ``mix_value``'s ``logits``."""
+        return None
 
     def mix_value(
         self,
         layer: int,
         v: Float[Tensor, "batch seq kv_heads head_dim"],
-        v1: Float[Tensor, "batch seq kv_heads head_dim"] | None,
         h: Float[Tensor, "batch seq dim"],
-    ) -> Float[Tensor, "batch seq kv_heads head_dim"]:
-        return v
-
-    def extra_value_projection(self, layer: int) -> Float[Tensor, "extra dim"] | None:
-        """Rows the block may append to its value-input GEMM; their output becomes ``logits``."""
-        return None
+        state: Any,
+        logits: Float[Tensor, "batch seq extra"] | None = None,
+    ) -> tuple[Float[Tensor, "batch seq kv_heads head_dim"], Any]:
+        return v, state
 
     def residual(
         self, layer: int, sublayer: int, x: Float[Tensor, "batch seq dim"], out: Float[Tensor, "batch seq dim"],
@@ -107,16 +121,57 @@ class Strategy(nn.Module):
     ) -> tuple[Float[Tensor, "batch seq dim"], Any]:
         return x + out, state
 
-    def block_output(
-        self, layer: int, y: Float[Tensor, "batch seq dim"], state: Any
-    ) -> tuple[Float[Tensor, "batch seq dim"], Any]:
-        return y, state
-
-    def finalize(self, x: Float[Tensor, "batch seq dim"], state: Any) -> Float[Tensor, "batch seq dim"]:
-        return x
+    def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: Any) -> tuple[BlockInput, Any]:
+        return BlockInput(y), state
 
     def extra_repr(self) -> str:
         return f"n_layers={self.n_layers}"
+
+
+#: Strategy names → classes: what ``ModelConfig.strategy`` names. Add your own with
+#: ``@STRATEGIES.register("name")`` on a :class:`Strategy` subclass; its ``for_model(dims, **options)``
+#: builds it and its constructor's keywords are the options (:func:`strategy_options`).
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "strategy")
+
+
+def strategy_options(name: str) -> dict[str, Any]:
+    """The options of strategy ``name`` with their defaults (its constructor's keywords, without the
+    model dimensions that ``for_model`` fills in)."""
+    import inspect
+
+    params = inspect.signature(STRATEGIES.lookup(name).__init__).parameters
+    dims = {"self", "n_layers", "d_model", "n_heads", "n_kv_heads"}
+    return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in params.items()
+            if k not in dims and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+class ValueResidual(Strategy):
+    """Base of the strategies that mix layer 0's raw values ``V1`` into later layers' values.
+
+    Their state is ``V1``: ``None`` until layer 0's :meth:`mix_value` stores its raw values.
+    Subclasses implement :meth:`mix_v1` for layers ``>= 1``.
+    """
+
+    def mix_value(self, layer, v, h, state, logits=None):
+        check_layer(layer, self.n_layers)
+        if layer == 0:
+            # V1: a copy, so that the later mixes (which save V1 for backward) don't keep
+            # layer 0's whole QKV output alive, of which ``v`` is a slice
+            return v, v.contiguous()
+        if state is None:
+            raise ValueError(f"mix_value of layer {layer} needs V1 as its state: run layer 0 first (got None)")
+        return self.mix_v1(layer, v, state, h, logits), state
+
+    def mix_v1(
+        self,
+        layer: int,
+        v: Float[Tensor, "batch seq kv_heads head_dim"],
+        v1: Float[Tensor, "batch seq kv_heads head_dim"],
+        h: Float[Tensor, "batch seq dim"],
+        logits: Float[Tensor, "batch seq extra"] | None,
+    ) -> Float[Tensor, "batch seq kv_heads head_dim"]:
+        """``V'`` of ``layer >= 1`` from its raw values ``v`` and ``V1``."""
+        raise NotImplementedError
 
 
 def check_layer(layer: int, n_layers: int) -> None:

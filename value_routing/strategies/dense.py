@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from value_routing.strategies.base import Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, BlockInput, Strategy, check_layer
 from value_routing.strategies.depth_states import (
     DepthStates,
     aggregate_depth_states,
@@ -39,6 +39,7 @@ from value_routing.strategies.depth_states import (
 from value_routing.typing import Float, Tensor
 
 
+@STRATEGIES.register("dense")
 class DenseAggregation(Strategy):
     """DenseFormer depth-weighted averaging (see module docstring for the equation)."""
 
@@ -69,8 +70,8 @@ class DenseAggregation(Strategy):
             return None
         return self.alphas[depth // self.period - 1]
 
-    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> DepthStates:
-        return init_depth_states(x0, self.n_layers + 1, self.impl)
+    def init_state(self, x0: Float[Tensor, "batch seq dim"], tokens=None) -> tuple[BlockInput, DepthStates]:
+        return BlockInput(x0), init_depth_states(x0, self.n_layers + 1, self.impl)
 
     def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: DepthStates):
         check_layer(layer, self.n_layers)
@@ -78,10 +79,10 @@ class DenseAggregation(Strategy):
         depth = layer + 1
         alpha = self.alpha(depth)
         if alpha is None:
-            return y, state
+            return BlockInput(y), state
         start = depth % self.dilation
         x = aggregate_depth_states(state, alpha.view(1, 1, 1, -1), start=start, step=self.dilation)
-        return x[0], state
+        return BlockInput(x[0]), state
 
     def extra_repr(self) -> str:
         return f"n_layers={self.n_layers}, dilation={self.dilation}, period={self.period}, impl={self.impl!r}"

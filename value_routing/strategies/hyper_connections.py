@@ -9,10 +9,11 @@ connection weights :math:`A_m \in \mathbb{R}^{n}`, :math:`A_r \in \mathbb{R}^{n 
 
     h = A_m^\top H^{k}, \qquad
     H^{k+1} = B^\top\, \mathcal{T}(h) + A_r^\top H^{k}, \qquad
-    \mathcal{T}(h) = \mathrm{block}(h) - h
+    \mathcal{T}(h) = \mathrm{Attn}(\mathrm{norm}(h)) + \mathrm{MLP}(\mathrm{norm}(a)), \quad
+    a = h + \mathrm{Attn}(\mathrm{norm}(h))
 
-(our blocks add their own residual, so :math:`\mathcal{T}` is the block minus its input:
-hyper-connections around whole blocks rather than around each sublayer). The output is
+(one hyper-connection around each whole block: :math:`\mathcal{T}` is what the block adds to
+its input, summed from the two sublayer outputs by the ``residual`` hook). The output is
 :math:`\sum_i H^L_i`, fed to the final norm.
 
 Static (``dynamic=False``): :math:`A_m, A_r, B` are parameters. Dynamic (default), per token
@@ -44,7 +45,7 @@ all, :math:`A_m` of connection :math:`m = 2k + s` initialised to :math:`e_{m \bm
     H^{k+1} = B_{2k+1}^\top\, \mathrm{MLP}(\mathrm{norm}(A_{m,2k+1}^\top H^{k+\frac12}))
               + A_{r,2k+1}^\top H^{k+\frac12}
 
-(through the ``residual`` hook, so no subtraction). Its dynamic norm has a learned scale
+Both forms route through the ``residual`` hook only. Its dynamic norm has a learned scale
 :math:`g` (init 1), :math:`\bar H = g \odot H/\sqrt{\mathrm{mean}(H^2) + \epsilon}`, with
 :math:`\epsilon` the float32 machine epsilon (their norm's default) unless ``norm_eps`` is given.
 
@@ -60,7 +61,7 @@ import torch
 from torch import nn
 
 from value_routing.kernels.depth_aggregate import depth_aggregate
-from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer
 from value_routing.typing import Float, Tensor
 
 
@@ -69,13 +70,16 @@ HC_FORMS: tuple[str, ...] = ("ours", "authors")
 
 
 class HyperState(NamedTuple):
-    """What the next block needs: its input ``h``, ``A_r^T H`` and ``B`` (all in the mixing dtype)."""
+    """What the next connection needs: its input ``h``, ``A_r^T H`` and ``B`` (all in the mixing
+    dtype); ``pending``, in our form, the attention output waiting for the MLP's to form T."""
 
     h: Float[Tensor, "batch seq dim"]
     carried: Float[Tensor, "streams batch seq dim"]
     beta: Float[Tensor, "#streams #batch #seq 1"]
+    pending: Float[Tensor, "batch seq dim"] | None = None
 
 
+@STRATEGIES.register("hyper")
 class HyperConnections(Strategy):
     """Static or dynamic hyper-connections with expansion rate ``rate`` (see module docstring)."""
 
@@ -145,39 +149,32 @@ class HyperConnections(Strategy):
         # the block saves h: a copy of its own lets ``mixed`` be freed after block_output
         return HyperState(mixed[0].clone(memory_format=torch.contiguous_format), mixed[1:], beta)
 
-    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> HyperState:
+    def init_state(self, x0: Float[Tensor, "batch seq dim"], tokens=None) -> tuple[BlockInput, HyperState]:
         mix_dtype = torch.promote_types(x0.dtype, torch.float32)
-        return self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape).contiguous())
-
-    def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: HyperState) -> BlockInput:
-        return BlockInput(state.h.to(x.dtype))
+        state = self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape).contiguous())
+        return BlockInput(state.h.to(x0.dtype)), state
 
     def residual(self, layer: int, sublayer: int, x: Tensor, out: Tensor, state: HyperState | None):
-        if self.form == "ours":
-            return x + out, state
+        """Write sublayer ``sublayer``'s output into the streams and read the next input from them:
+        after every sublayer (the authors' form) or, in ours, after the MLP with T = attention + MLP."""
         check_layer(layer, self.n_layers)
         if sublayer not in (0, 1):
             raise ValueError(f"sublayer must be 0 (attention) or 1 (MLP), got {sublayer}")
         if state is None:
-            raise ValueError("the authors' form needs the state of init_state / the previous sublayer, got None")
+            raise ValueError("hyper-connections need the state of init_state / the previous sublayer, got None")
+        if self.form == "ours":
+            if sublayer == 0:  # inside the block: the plain residual, T completed after the MLP
+                return x + out, state._replace(pending=out)
+            if state.pending is None:
+                raise ValueError("our form joins after the MLP: call residual(layer, 0, ...) first")
+            out, m = state.pending.to(state.carried.dtype) + out.to(state.carried.dtype), layer + 1
+        else:
+            m = 2 * layer + sublayer + 1
         hyper = (state.carried + state.beta * out.to(state.carried.dtype)).contiguous()
-        m = 2 * layer + sublayer + 1
         if m == self.n_connections:
-            return hyper.sum(0).to(out.dtype), None
+            return hyper.sum(0).to(x.dtype), None
         state = self._enter(m, hyper)
-        return state.h.to(out.dtype), state
-
-    def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: HyperState):
-        check_layer(layer, self.n_layers)
-        if self.form == "authors":  # routed per sublayer by ``residual``: y is the next input
-            return y, state
-        h = state.h.to(y.dtype)
-        # contiguous, so that the matmul in ``connection`` saves H itself, not a reshaped copy
-        hyper = (state.carried + state.beta * (y - h).to(state.carried.dtype)).contiguous()
-        if layer == self.n_layers - 1:
-            return hyper.sum(0).to(y.dtype), None
-        state = self._enter(layer + 1, hyper)
-        return state.h.to(y.dtype), state
+        return state.h.to(x.dtype), state
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_layers={self.n_layers}, rate={self.rate}, dynamic={self.dynamic}, "

@@ -45,13 +45,11 @@ operations are per token, so incremental decoding needs the new tokens' states o
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from value_routing.strategies.base import BlockInput, ModelDims, Strategy, check_layer, rms_normalize
+from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, rms_normalize
 from value_routing.strategies.depth_states import (
     DepthStates,
     aggregate_depth_states,
@@ -69,13 +67,7 @@ MUDD_FORMS: tuple[str, ...] = ("ours", "authors")
 POST_NORM_INIT = 1e-3
 
 
-class MuddState(NamedTuple):
-    """The per-layer states and the query/key/value inputs of the next block (``None`` for block 1)."""
-
-    states: DepthStates
-    qkv: tuple[Tensor, Tensor, Tensor] | None
-
-
+@STRATEGIES.register("mudd")
 class DynamicDenseAggregation(Strategy):
     """MUDDFormer multiway dynamic dense connections (see module docstring for the equation)."""
 
@@ -133,30 +125,25 @@ class DynamicDenseAggregation(Strategy):
         static = self.static[layer].to(dynamic.dtype)
         return (dynamic + static).unflatten(-1, (streams, depth))
 
-    def init_state(self, x0: Float[Tensor, "batch seq dim"]) -> MuddState:
+    def init_state(self, x0: Float[Tensor, "batch seq dim"], tokens=None) -> tuple[BlockInput, DepthStates]:
         first = rms_normalize(x0, self.norm_eps) if self.form == "authors" else x0
-        return MuddState(init_depth_states(first, self.n_layers + 1, self.impl), None)
+        return BlockInput(x0), init_depth_states(first, self.n_layers + 1, self.impl)
 
-    def block_input(self, layer: int, x: Float[Tensor, "batch seq dim"], state: MuddState) -> BlockInput:
-        if state.qkv is None:
-            return BlockInput(x)
-        q, k, v = state.qkv
-        return BlockInput(x, q, k, v)
-
-    def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: MuddState):
+    def block_output(self, layer: int, y: Float[Tensor, "batch seq dim"], state: DepthStates):
+        """The next block's four input streams (Q, K, V and the residual R); after the last block R alone."""
         if self.form == "authors":
-            streams, states = self._aggregate_normed(layer, y, state)
+            streams, state = self._aggregate_normed(layer, y, state)
         else:
-            states = append_depth_state(state.states, y)
-            streams = aggregate_depth_states(states, self.weights(layer, y))
+            state = append_depth_state(state, y)
+            streams = aggregate_depth_states(state, self.weights(layer, y))
         if streams.shape[0] == 1:
-            return streams[0], MuddState(states, None)
+            return BlockInput(streams[0]), state
         q, k, v, r = streams.unbind(0)
-        return r, MuddState(states, (q, k, v))
+        return BlockInput(r, q, k, v), state
 
-    def _aggregate_normed(self, layer: int, y: Tensor, state: MuddState) -> tuple[Tensor, DepthStates]:
+    def _aggregate_normed(self, layer: int, y: Tensor, state: DepthStates) -> tuple[Tensor, DepthStates]:
         """The authors' form: pre-norm scales inside, post-norm and ``+ X_i`` outside the sum."""
-        states = append_depth_state(state.states, rms_normalize(y, self.norm_eps))
+        states = append_depth_state(state, rms_normalize(y, self.norm_eps))
         pre = self.pre_norms[layer].view(layer + 2, self.d_model)
         summed = aggregate_depth_states(states, self.weights(layer, y), scales=pre)
         post = self.post_norms[layer].view(-1, 1, 1, self.d_model).to(summed.dtype)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from value_routing.strategies.base import Strategy
+from value_routing.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("baseline")
 class NoReuse(Strategy):
     """Baseline: every hook is the identity, so the model is a plain pre-norm Transformer."""

@@ -17,14 +17,14 @@ the last ``k`` layers are gated; the rest run as the baseline. A relu gate start
 :math:`\lambda_1 = 0.5`.
 
 The mix happens before attention and before the KV cache, so incremental decoding needs
-only the new tokens' :math:`V_1`. :math:`W_{\alpha,n}` can be folded into the block's QKV
-projection (``extra_value_projection``; ``ModelConfig.fuse_gate_projection``): one GEMM then
-yields q, k, v and the gate logits.
+only the new tokens' :math:`V_1`. With ``fuse_projection=True`` the strategy offers
+:math:`W_{\alpha,n}` to the model's QKV GEMM (``value_projection``): one GEMM then yields q, k,
+v and the gate logits (exact; a model that does not fuse still gets the same result).
 
-Use in your own attention::
+Use in your own attention (the state is :math:`V_1`, stored by layer 0)::
 
     gate = SelectiveGate(d_model=512, n_layers=8, n_kv_heads=4)
-    v = gate.mix_value(layer, v, v1, h)   # v, v1: (batch, seq, kv_heads, head_dim)
+    v, v1 = gate.mix_value(layer, v, h, v1)   # v, v1: (batch, seq, kv_heads, head_dim)
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ from __future__ import annotations
 from torch import nn
 
 from value_routing.kernels.gate_mix import check_activation, gate_activation, gate_mix
-from value_routing.strategies.base import ModelDims, Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer
 from value_routing.typing import Float, Tensor, shapecheck
 
 
-class SelectiveGate(Strategy):
+@STRATEGIES.register("satformer")
+class SelectiveGate(ValueResidual):
     """SATFormer selective value gate (see module docstring for the equation)."""
-
-    uses_v1 = True
 
     def __init__(
         self,
@@ -50,6 +49,7 @@ class SelectiveGate(Strategy):
         last_k: int | None = None,
         init_std: float = 0.02,
         bias_init: float | None = None,
+        fuse_projection: bool = False,
     ) -> None:
         super().__init__(n_layers)
         self.act = check_activation(act)
@@ -63,7 +63,10 @@ class SelectiveGate(Strategy):
             )
         if bias_init is not None and not isinstance(bias_init, (int, float)):
             raise ValueError(f"bias_init must be None or a number, got {bias_init!r}")
+        if not isinstance(fuse_projection, bool):
+            raise ValueError(f"fuse_projection must be True or False, got {fuse_projection!r}")
         self.d_model, self.n_kv_heads, self.last_k, self.bias_init = d_model, n_kv_heads, last_k, bias_init
+        self.fuse_projection = fuse_projection
         self.first_gated = 1 if last_k is None else n_layers - last_k
         self.gates = nn.ModuleList(
             nn.Linear(d_model, n_kv_heads, bias=bias_init is not None) for _ in range(self.first_gated, n_layers)
@@ -82,14 +85,15 @@ class SelectiveGate(Strategy):
         return layer >= self.first_gated
 
     def gate_weight(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
-        """``W_α`` of ``layer``, or ``None`` for an ungated layer (used to fuse into QKV)."""
+        """``W_α`` of ``layer``, or ``None`` for an ungated layer."""
+        check_layer(layer, self.n_layers)
         return self.gates[layer - self.first_gated].weight if self.is_gated(layer) else None
 
-    def extra_value_projection(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
-        """``W_α`` for fusing into the block's QKV GEMM (``mix_value`` then gets ``logits`` and adds
-        the bias, if any)."""
-        check_layer(layer, self.n_layers)
-        return self.gate_weight(layer)
+    def value_projection(self, layer: int) -> Float[Tensor, "kv_heads d_model"] | None:
+        """``W_α`` for the model's QKV GEMM when ``fuse_projection`` (``mix_value`` then gets
+        ``logits`` and adds the bias, if any); ``None`` otherwise."""
+        weight = self.gate_weight(layer)
+        return weight if self.fuse_projection else None
 
     @shapecheck
     def gate(self, layer: int, h: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq kv_heads"]:
@@ -99,17 +103,14 @@ class SelectiveGate(Strategy):
             raise ValueError(f"layer {layer} is not gated (gated layers: {self.first_gated}..{self.n_layers - 1})")
         return gate_activation(self.gates[layer - self.first_gated](h), self.act)
 
-    def mix_value(self, layer, v, v1, h, logits: Tensor | None = None):
+    def mix_v1(self, layer, v, v1, h, logits=None):
         """``V + act(W_α h)·V1`` for gated layers; ``v`` unchanged otherwise.
 
         ``logits`` may pass precomputed ``W_α h`` (e.g. from a fused QKV+gate projection); the
         gate's bias, if any, is added here.
         """
-        check_layer(layer, self.n_layers)
         if not self.is_gated(layer):
             return v
-        if v1 is None:
-            raise ValueError("v1 must be given for gated layers (layer 0's value projection)")
         proj = self.gates[layer - self.first_gated]
         if logits is None:
             logits = proj(h)
@@ -120,5 +121,5 @@ class SelectiveGate(Strategy):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
-            f"act={self.act!r}, last_k={self.last_k}, bias_init={self.bias_init}"
+            f"act={self.act!r}, last_k={self.last_k}, bias_init={self.bias_init}, fuse_projection={self.fuse_projection}"
         )

@@ -20,16 +20,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from value_routing.strategies.base import Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, ValueResidual
 from value_routing.typing import Float, Tensor
 
 STATIC_MODES: tuple[str, ...] = ("fixed", "learnable", "softmax")
 
 
-class StaticValueResidual(Strategy):
+@STRATEGIES.register("static")
+class StaticValueResidual(ValueResidual):
     """ResFormer value residual with scalar per-layer weights (see module docstring)."""
-
-    uses_v1 = True
 
     def __init__(
         self, n_layers: int, mode: str = "learnable", lambda1: float = 0.5, lambda2: float = 0.5
@@ -56,12 +55,7 @@ class StaticValueResidual(Strategy):
             return self.lambda_scale * torch.softmax(self.lambda_logits, dim=0), self.lambda2
         return self.lambda1, self.lambda2
 
-    def mix_value(self, layer, v, v1, h):
-        check_layer(layer, self.n_layers)
-        if layer == 0:
-            return v
-        if v1 is None:
-            raise ValueError("v1 must be given for layers >= 1 (layer 0's value projection)")
+    def mix_v1(self, layer, v, v1, h, logits=None):
         lam1, lam2 = self.lambdas()
         if lam2.requires_grad:  # dλ2 needs v: save a copy, not the QKV output that v is a slice of
             v = v.contiguous()
