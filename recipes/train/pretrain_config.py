@@ -4,7 +4,6 @@ config, and resolving command-line arguments against the defaults."""
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -12,6 +11,7 @@ from recipes.lm.builders import SIZES
 from recipes.data.shards import SHARD_FORMATS
 from recipes.train.optim import OptimConfig
 from recipes.lm.checks import check_choice, check_min
+from recipes.lm.cli import non_negative_float, non_negative_int, positive_float, positive_int
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.
@@ -124,14 +124,32 @@ HELP = {
 }
 
 
+#: Command-line types of the numeric options (a 0 or negative count is refused, never "unset").
+NUMBER_TYPES = {
+    **dict.fromkeys(("steps", "stop_after", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches",
+                     "log_every"), positive_int),
+    **dict.fromkeys(("warmup", "seed", "ckpt_every", "eval_every"), non_negative_int),
+    "lr": positive_float, "grad_clip": positive_float,
+    "min_lr_ratio": non_negative_float, "weight_decay": non_negative_float,
+}
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it is unset (``None``): a given 0 is a value (and an error where counts are >= 1)."""
+    return default if value is None else value
+
+
 def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
-    """A :class:`PretrainConfig` from parsed arguments, unset options taken from :data:`DEFAULTS`."""
+    """A :class:`PretrainConfig` from parsed arguments, unset (``None``) options taken from :data:`DEFAULTS`.
+
+    ``args.model_overrides`` holds ``(field, value)`` pairs, as ``--set`` parses them.
+    """
     d, given = DEFAULTS[args.size], vars(args)
-    seq_len = args.seq_len or d.seq_len
-    micro = args.micro_batch or d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
-    accum = args.grad_accum or d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+    seq_len = _given(args.seq_len, d.seq_len)
+    micro = _given(args.micro_batch, d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world))))
+    accum = _given(args.grad_accum, d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro)))
     step_tokens = seq_len * world * micro * accum
-    steps = args.steps or max(1, d.train_tokens // step_tokens)
+    steps = _given(args.steps, max(1, d.train_tokens // step_tokens))
     if args.warmup is not None:
         warmup = args.warmup
     elif d.warmup_tokens is not None:
@@ -142,15 +160,5 @@ def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
              for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "decay")}
     return PretrainConfig(**{
         **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
-        "warmup": warmup, "model_overrides": dict(_parse_override(s) for s in args.model_overrides),
+        "warmup": warmup, "model_overrides": dict(args.model_overrides),
     })
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string such as attention_backend=sdpa
