@@ -154,8 +154,10 @@ def dataclass_override(cls: type) -> Callable[[str], tuple[str, Any]]:
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``dest -> flag`` of every option of ``parser`` (its longest option string)."""
-    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    """``dest -> flag`` of every option of ``parser``: its first long option string (``--resume``, not
+    ``--no-resume``)."""
+    return {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+            for a in parser._actions if a.option_strings}
 
 
 def with_flags(message: str, flags: Mapping[str, str], flag: str | None = None) -> str:

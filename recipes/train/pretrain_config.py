@@ -105,7 +105,7 @@ class PretrainConfig(OptimConfig):
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
         if self.resume and not self.ckpt_dir:
-            raise ValueError("resume=True needs ckpt_dir")
+            raise ValueError("resume needs ckpt_dir (the directory of the checkpoints to resume from)")
 
 
 #: Options filled from :data:`DEFAULTS` of the size when not given on the command line.
@@ -134,22 +134,20 @@ NUMBER_TYPES = {
 }
 
 
-def _given(value: Any, default: Any) -> Any:
-    """``value`` unless it is unset (``None``): a given 0 is a value (and an error where counts are >= 1)."""
-    return default if value is None else value
-
-
 def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
     """A :class:`PretrainConfig` from parsed arguments, unset (``None``) options taken from :data:`DEFAULTS`.
 
+    A given 0 is a value (refused by :class:`PretrainConfig` where counts are >= 1), never "unset".
     ``args.model_overrides`` holds ``(field, value)`` pairs, as ``--set`` parses them.
     """
     d, given = DEFAULTS[args.size], vars(args)
-    seq_len = _given(args.seq_len, d.seq_len)
-    micro = _given(args.micro_batch, d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world))))
-    accum = _given(args.grad_accum, d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro)))
+    seq_len = d.seq_len if args.seq_len is None else args.seq_len
+    micro = (d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
+             if args.micro_batch is None else args.micro_batch)
+    accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+             if args.grad_accum is None else args.grad_accum)
     step_tokens = seq_len * world * micro * accum
-    steps = _given(args.steps, max(1, d.train_tokens // step_tokens))
+    steps = max(1, d.train_tokens // step_tokens) if args.steps is None else args.steps
     if args.warmup is not None:
         warmup = args.warmup
     elif d.warmup_tokens is not None:
