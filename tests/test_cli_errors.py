@@ -278,6 +278,7 @@ CUDA = torch.cuda.is_available()
     ("pretrain", ["--resume"], "--resume", ("needs ckpt_dir",)),
     ("pretrain", ["--resume", "--no-resume", "--resume"], "--resume needs", ()),
     ("pretrain", ["--set", "d_model=63"], "--set:", ("d_model (63) must be divisible by n_heads",)),
+    ("pretrain", ["--set", "strategy=dense"], "--set:", ("--strategy, not --set",)),
     ("pretrain", ["--set", 'strategy_options={"act": "nope"}'], "--set:", ("strategy_options",)),
     ("pretrain", ["--seq-len", "100000"], "--seq-len", ("max_seq_len", "got 100000")),
     ("pretrain", ["--data", "/nonexistent/dir/*.bin"], "--data:", ("no .bin shards match",)),

@@ -33,15 +33,16 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from recipes.lm.builders import SIZES, model_config
-from recipes.lm.cli import dataclass_override, flags_of, user_errors
+from recipes.lm.builders import SIZES
+from recipes.lm.cli import dataclass_override
 from recipes.lm.config import ModelConfig
 from recipes.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
 from recipes.lm.model import CausalLM
-from recipes.data.shards import SHARD_FORMATS, TokenWindows, shard_paths
+from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import (DEFAULTS, HELP, NUMBER_TYPES, PARALLEL, SIZED, PretrainConfig, SizeDefaults,
-                                           resolve)
+                                           check_seq_len, checked_config, pretrain_model_config, resolve,
+                                           tokenizer_vocab_size)
 from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
@@ -95,31 +96,6 @@ def load_data(cfg: PretrainConfig) -> tuple[TokenWindows, TokenWindows | None]:
     if cfg.val_data is None:
         return train, None
     return train, TokenWindows.from_shards(cfg.val_data, cfg.seq_len, shuffle=False, fmt=cfg.shard_format)
-
-
-def tokenizer_vocab_size(cfg: PretrainConfig) -> int | None:
-    """The vocabulary size of ``cfg.tokenizer`` (None: none given); FileNotFoundError for a missing file."""
-    if cfg.tokenizer is None:
-        return None
-    from recipes.data.tokenizers import load_tokenizer
-
-    return load_tokenizer(cfg.tokenizer).vocab_size
-
-
-def pretrain_model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> ModelConfig:
-    """The run's model: ``cfg.size``/``cfg.strategy`` with ``--set`` overrides (``vocab_size``, when
-    not overridden, from the tokenizer)."""
-    overrides = dict(cfg.model_overrides)
-    if vocab_size is not None:
-        overrides.setdefault("vocab_size", vocab_size)
-    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
-    return model_config(cfg.size, cfg.strategy, **overrides)
-
-
-def check_seq_len(cfg: PretrainConfig, model_cfg: ModelConfig) -> None:
-    if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len} (--set max_seq_len=N), "
-                         f"got {cfg.seq_len}")
 
 
 def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
@@ -283,26 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
-
-
-def checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace, world: int) -> PretrainConfig:
-    """The run's config, its model config and data paths checked: a user error is ``parser.error``
-    (exit status 2) naming the flag, before anything is trained."""
-    flags = flags_of(parser)
-    with user_errors(parser, flags):
-        cfg = resolve(args, world)
-    for name in ("data", "val_data"):
-        path = getattr(cfg, name)
-        if path is not None and not (name == "data" and path == "embedded"):
-            with user_errors(parser, flag=flags[name]):
-                shard_paths(path)
-    with user_errors(parser, flag=flags["tokenizer"]):
-        vocab_size = tokenizer_vocab_size(cfg)
-    with user_errors(parser, flag=flags["model_overrides"]):
-        model_cfg = pretrain_model_config(cfg, vocab_size)
-    with user_errors(parser, flags):
-        check_seq_len(cfg, model_cfg)
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -1,5 +1,6 @@
 """Configuration of :mod:`recipes.train.pretrain`: per-size optimisation defaults, the frozen run
-config, and resolving command-line arguments against the defaults."""
+config, resolving command-line arguments against the defaults, and checking the result (model,
+data paths, tokenizer) before anything is trained."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from recipes.lm.builders import SIZES
-from recipes.data.shards import SHARD_FORMATS
+from recipes.lm.builders import SIZES, model_config
+from recipes.lm.config import ModelConfig
+from recipes.data.shards import SHARD_FORMATS, shard_paths
 from recipes.train.optim import OptimConfig
 from recipes.lm.checks import check_choice, check_min
-from recipes.lm.cli import non_negative_float, non_negative_int, positive_float, positive_int
+from recipes.lm.cli import flags_of, non_negative_float, non_negative_int, positive_float, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.
@@ -160,3 +162,50 @@ def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
         **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
         "warmup": warmup, "model_overrides": dict(args.model_overrides),
     })
+
+
+def tokenizer_vocab_size(cfg: PretrainConfig) -> int | None:
+    """The vocabulary size of ``cfg.tokenizer`` (None: none given); FileNotFoundError for a missing file."""
+    if cfg.tokenizer is None:
+        return None
+    from recipes.data.tokenizers import load_tokenizer
+
+    return load_tokenizer(cfg.tokenizer).vocab_size
+
+
+def pretrain_model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> ModelConfig:
+    """The run's model: ``cfg.size``/``cfg.strategy`` with ``--set`` overrides (``vocab_size``, when
+    not overridden, from the tokenizer)."""
+    overrides = dict(cfg.model_overrides)
+    if "strategy" in overrides:  # model_config takes it as its own argument
+        raise ValueError(f"strategy is chosen with --strategy, not --set (got strategy={overrides['strategy']!r})")
+    if vocab_size is not None:
+        overrides.setdefault("vocab_size", vocab_size)
+    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
+    return model_config(cfg.size, cfg.strategy, **overrides)
+
+
+def check_seq_len(cfg: PretrainConfig, model_cfg: ModelConfig) -> None:
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len} (--set max_seq_len=N), "
+                         f"got {cfg.seq_len}")
+
+
+def checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace, world: int) -> PretrainConfig:
+    """The run's config, its model config and data paths checked: a user error is ``parser.error``
+    (exit status 2) naming the flag, before anything is trained."""
+    flags = flags_of(parser)
+    with user_errors(parser, flags):
+        cfg = resolve(args, world)
+    for name in ("data", "val_data"):
+        path = getattr(cfg, name)
+        if path is not None and not (name == "data" and path == "embedded"):
+            with user_errors(parser, flag=flags[name]):
+                shard_paths(path)
+    with user_errors(parser, flag=flags["tokenizer"]):
+        vocab_size = tokenizer_vocab_size(cfg)
+    with user_errors(parser, flag=flags["model_overrides"]):
+        model_cfg = pretrain_model_config(cfg, vocab_size)
+    with user_errors(parser, flags):
+        check_seq_len(cfg, model_cfg)
+    return cfg
