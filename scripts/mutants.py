@@ -36,6 +36,7 @@ KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests
                 "tests/test_dense_strategies.py")
 CKPT_TESTS = ("tests/test_checkpoint.py",)
 STUDY_TESTS = ("tests/test_study.py",)
+CLI_TESTS = ("tests/test_cli_errors.py",)
 
 
 class Mutant(NamedTuple):
@@ -166,6 +167,16 @@ MUTANTS = [
            "total += end - max(start, reach)", "total += end - start", STUDY_TESTS),
     Mutant("study: accuracy curve evaluated one step early", "recipes/experiments/study_run.py",
            "if n in ends:", "if n + 1 in ends:", STUDY_TESTS),
+    # command-line tools: argparse's one-line errors (STYLE.md 15)
+    Mutant("cli: count 0 treated as unset", "recipes/train/pretrain_config.py",
+           "accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))\n"
+           "             if args.grad_accum is None else args.grad_accum)",
+           "accum = args.grad_accum or d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))",
+           CLI_TESTS),
+    Mutant("cli: --set value not converted", "recipes/lm/cli.py", "return key, _convert(hints[key], text)",
+           "return key, text", CLI_TESTS),
+    Mutant("cli: config ValueError escapes as a traceback", "recipes/lm/cli.py",
+           "except (ValueError, FileNotFoundError) as err:", "except FileNotFoundError as err:", CLI_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic

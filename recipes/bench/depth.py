@@ -45,6 +45,7 @@ from recipes.bench.counters import process_counters
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import measured_keys
 from recipes.lm.checks import check_choice, check_min
+from recipes.lm.cli import flags_of, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
 from value_routing.strategies.base import ModelDims
 from value_routing.strategies.depth_states import DEPTH_IMPLS
@@ -215,36 +216,46 @@ DEFAULTS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) passes")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: small shapes, few rounds")
     p.add_argument("--strategies", nargs="+", default=None, help=f"default: {routed_strategies()}")
-    p.add_argument("--widths", type=int, nargs="+", default=None)
-    p.add_argument("--depths", type=int, nargs="+", default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--widths", type=positive_int, nargs="+", default=None)
+    p.add_argument("--depths", type=positive_int, nargs="+", default=None)
+    p.add_argument("--batch", type=positive_int, default=None)
+    p.add_argument("--seq-len", type=positive_int, default=None)
+    p.add_argument("--rounds", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--out", default="runs/bench")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from recipes.bench.report import describe_machine
 
-    args = parse_args(argv)
-    process_counters()  # before torch starts its thread pool, so its threads are counted
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; use --device cpu")
-    torch.set_num_threads(args.threads)
+        parser.error("--device cuda was requested but torch.cuda.is_available() is False; use --device cpu")
     widths, depths, batch, seq_len, dtype, rounds = DEFAULTS["quick" if args.quick else args.device]
-    cfg = DepthBenchConfig(
-        args.device, tuple(args.strategies or routed_strategies()), tuple(args.widths or widths),
-        tuple(args.depths or depths), args.batch or batch, args.seq_len or seq_len, dtype,
-        warmup=1 if args.quick else 2, rounds=args.rounds or rounds, steps=1 if args.quick else 2,
-    )
+    with user_errors(parser, flags_of(parser)):
+        cfg = DepthBenchConfig(
+            args.device, tuple(_given(args.strategies, routed_strategies())), tuple(_given(args.widths, widths)),
+            tuple(_given(args.depths, depths)), _given(args.batch, batch), _given(args.seq_len, seq_len), dtype,
+            warmup=1 if args.quick else 2, rounds=_given(args.rounds, rounds), steps=1 if args.quick else 2,
+        )
+    process_counters()  # before torch starts its thread pool, so its threads are counted
+    torch.set_num_threads(args.threads)
     machine = describe_machine(cfg.device, args.threads)
     print(f"{machine}\nconfig: {cfg}", flush=True)
     t0 = time.perf_counter()

@@ -35,8 +35,10 @@ import torch
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import describe_machine
 from recipes.lm.builders import SIZES, model_config
+from recipes.lm.cli import positive_int
 from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, chunked_lm_loss, lm_loss, make_optimizer
+from value_routing.strategies import STRATEGIES
 
 #: ``label -> (loss function, activation checkpointing)``; ``plain`` first (the ratios' base).
 VARIANTS = {"plain": (lm_loss, False), "chunked": (chunked_lm_loss, False), "chunked+ckpt": (chunked_lm_loss, True)}
@@ -103,17 +105,21 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\ncheckpointing cuts chunked's activations by " + ", ".join(cuts)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=list(SIZES))
-    p.add_argument("--strategy", default="satformer")
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--strategy", default="satformer", choices=list(STRATEGIES))
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[2048, 4096])
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny size, 2 layers, seq 32/64, 2 rounds")
     p.add_argument("--out", default="runs/bench_lean")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

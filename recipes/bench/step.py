@@ -43,6 +43,7 @@ import torch
 from recipes.bench.counters import process_counters
 from recipes.bench.measure import BenchConfig, Variant, discover_variants, measure
 from recipes.lm.builders import SIZES
+from recipes.lm.cli import flags_of, int_at_least, positive_int, user_errors
 
 
 def sweep(
@@ -60,7 +61,7 @@ def sweep(
     return rows
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -70,14 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--strategies", nargs="+", default=None, help="variant labels (default: all registered)")
     p.add_argument("--size", default=None, choices=list(SIZES), help="default: tiny on CPU, small on CUDA")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sweep-seq", type=int, nargs="*", default=None)
-    p.add_argument("--sweep-depth", type=int, nargs="*", default=None)
-    return p.parse_args(argv)
+    p.add_argument("--batch", type=positive_int, default=None)
+    p.add_argument("--seq-len", type=positive_int, default=None)
+    p.add_argument("--layers", type=int_at_least(2), default=None)
+    p.add_argument("--rounds", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--sweep-seq", type=positive_int, nargs="*", default=None)
+    p.add_argument("--sweep-depth", type=int_at_least(2), nargs="*", default=None)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 #: Defaults per device: ``(size, batch, seq_len, rounds, sweep seq lens, sweep depths)``.
@@ -88,12 +93,17 @@ DEFAULTS = {
 }
 
 
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def bench_config(args: argparse.Namespace) -> BenchConfig:
-    """The main measurement's config from the CLI arguments and the device's defaults."""
+    """The main measurement's config from the CLI arguments and the device's defaults (for those unset: None)."""
     size, batch, seq, rounds, _, _ = DEFAULTS["quick" if args.quick else args.device]
     return BenchConfig(
-        args.device, args.size or size, args.batch or batch, args.seq_len or seq, args.layers or (2 if args.quick else None),
-        warmup=1 if args.quick else 3, rounds=args.rounds or rounds, steps=1 if args.quick else 3, amp=args.device == "cuda",
+        args.device, _given(args.size, size), _given(args.batch, batch), _given(args.seq_len, seq),
+        _given(args.layers, 2 if args.quick else None), warmup=1 if args.quick else 3,
+        rounds=_given(args.rounds, rounds), steps=1 if args.quick else 3, amp=args.device == "cuda",
     )
 
 
@@ -107,13 +117,15 @@ def sweep_config(bench: BenchConfig, quick: bool) -> BenchConfig:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from recipes.bench.report import describe_machine, format_sweep, format_table, plot_sweep, write_outputs
 
-    args = parse_args(argv)
-    process_counters()  # before torch starts its thread pool, so its threads are counted
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; use --device cpu")
+        parser.error("--device cuda was requested but torch.cuda.is_available() is False; use --device cpu")
+    with user_errors(parser, flags_of(parser) | {"n_layers": "--layers"}):
+        bench = bench_config(args)
+        variants = discover_variants(args.strategies)
+    process_counters()  # before torch starts its thread pool, so its threads are counted
     torch.set_num_threads(args.threads)
-    bench = bench_config(args)
-    variants = discover_variants(args.strategies)
     compile_ = not args.quick if args.compile is None else args.compile
     modes = ["eager", "compiled"] if compile_ else ["eager"]
     *_, default_seqs, default_depths = DEFAULTS["quick" if args.quick else args.device]

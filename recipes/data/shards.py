@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from recipes.lm.cli import int_at_least, user_errors
 from value_routing.typing import Int, Tensor
 
 HEADER_INTS = 256
@@ -190,20 +191,29 @@ def write_shards(docs: Iterable[Sequence[int]], out_dir: str | os.PathLike, shar
     return paths
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Tokenize text files into uint16 .bin shards (one document per file).")
     p.add_argument("files", nargs="+", help="UTF-8 text files")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tokenizer", default="byte", help="'byte' or a local HF tokenizer.json")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000)
+    p.add_argument("--shard-tokens", type=int_at_least(2), default=100_000_000)
     p.add_argument("--prefix", default="train")
     p.add_argument("--format", choices=("llmc", "raw"), default="llmc")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from recipes.data.tokenizers import load_tokenizer
 
-    tok = load_tokenizer(args.tokenizer)
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        parser.error(f"argument files: not found: {', '.join(map(repr, missing))}")
+    with user_errors(parser, flag="--tokenizer"):  # not 'byte' nor a file
+        tok = load_tokenizer(args.tokenizer)
     if tok.vocab_size > 2**16:
-        raise ValueError(f"uint16 shards need vocab_size <= 65536, the tokenizer has {tok.vocab_size}")
+        parser.error(f"--tokenizer: uint16 shards need vocab_size <= 65536, the tokenizer has {tok.vocab_size}")
     eos = getattr(tok, "eos_id", None)
     docs = (([eos] if eos is not None else []) + tok.encode(Path(f).read_text(encoding="utf-8")) for f in args.files)
     paths = write_shards(docs, args.out, args.shard_tokens, args.prefix, args.format)

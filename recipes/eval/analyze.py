@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
+from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
 from recipes.lm.model import CausalLM
 from value_routing.strategies import SelectiveGate, Strategy
 from value_routing.typing import Float, Int, Tensor, shapecheck
@@ -200,30 +201,42 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     return model
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     from recipes.lm.builders import SIZES
-    from recipes.data import embedded_corpus, random_batch
     from value_routing.kernels import GATE_ACTIVATIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint directory or .safetensors weights (default: train a tiny model)")
     p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.add_argument("--act", default="relu", choices=GATE_ACTIVATIONS)
-    p.add_argument("--last-k", type=int, default=None)
-    p.add_argument("--steps", type=int, default=300, help="training steps when no --checkpoint is given")
-    p.add_argument("--batches", type=int, default=8, help="validation windows of --seq-len bytes analysed")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--last-k", type=positive_int, default=None)
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps when no --checkpoint is given")
+    p.add_argument("--batches", type=positive_int, default=8, help="validation windows of --seq-len bytes analysed")
+    p.add_argument("--seq-len", type=positive_int, default=256)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default="runs/gates")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from recipes.data import embedded_corpus, random_batch
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = flags_of(parser)
     if args.checkpoint:
         from recipes.lm.builders import satformer
         from recipes.train.checkpoint import load_model
 
         # bare weights (no saved config) are taken to be a ``--size`` SATFormer with --act / --last-k
-        model = load_model(args.checkpoint, config=satformer(args.size, act=args.act, last_k=args.last_k))
+        with user_errors(parser, flags, flag="--checkpoint"):  # a missing file, a bad --last-k for the size
+            model = load_model(args.checkpoint, config=satformer(args.size, act=args.act, last_k=args.last_k))
+    elif args.last_k is not None:  # it was ignored: the demo's tiny SATFormer gates every layer
+        parser.error("--last-k applies only to a --checkpoint of bare weights, not to the tiny model trained here")
     else:
         model = train_tiny(args.steps, args.act, args.seed)
+    if args.seq_len > model.cfg.max_seq_len:
+        parser.error(f"--seq-len must be <= the model's max_seq_len = {model.cfg.max_seq_len}, got {args.seq_len}")
     _, val = embedded_corpus()
     tokens, _ = random_batch(val, args.batches, args.seq_len, torch.Generator().manual_seed(args.seed))
     summary = analyze_gates(model, tokens)

@@ -35,6 +35,7 @@ from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM
 from recipes.train.optim import TrainConfig, fit, make_optimizer
 from recipes.lm.checks import check_min
+from recipes.lm.cli import flags_of, non_negative_int, positive_float, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
@@ -198,24 +199,34 @@ def format_mqar(results: list[MQARResult], task: MQARConfig = DEMO_TASK) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[MQARResult]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    p.add_argument("--vocab-size", type=int, default=DEMO_TASK.vocab_size)
-    p.add_argument("--seq-len", type=int, default=DEMO_TASK.seq_len)
-    p.add_argument("--num-kv-pairs", type=int, default=DEMO_TASK.num_kv_pairs)
-    p.add_argument("--steps", type=int, default=DEMO_TRAIN.steps)
-    p.add_argument("--batch-size", type=int, default=DEMO_TRAIN.batch_size)
-    p.add_argument("--lr", type=float, default=DEMO_TRAIN.lr)
-    p.add_argument("--seed", type=int, default=DEMO_TRAIN.seed)
-    p.add_argument("--d-model", type=int, default=DEMO_MODEL["d_model"])
-    p.add_argument("--n-layers", type=int, default=DEMO_MODEL["n_layers"])
-    args = p.parse_args(argv)
-    task = MQARConfig(vocab_size=args.vocab_size, seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=task.seq_len, lr=args.lr,
-                      seed=args.seed, warmup=min(DEMO_TRAIN.warmup, args.steps - 1),
-                      eval_batches=DEMO_TRAIN.eval_batches)
+    p.add_argument("--vocab-size", type=positive_int, default=DEMO_TASK.vocab_size)
+    p.add_argument("--seq-len", type=positive_int, default=DEMO_TASK.seq_len)
+    p.add_argument("--num-kv-pairs", type=positive_int, default=DEMO_TASK.num_kv_pairs)
+    p.add_argument("--steps", type=positive_int, default=DEMO_TRAIN.steps)
+    p.add_argument("--batch-size", type=positive_int, default=DEMO_TRAIN.batch_size)
+    p.add_argument("--lr", type=positive_float, default=DEMO_TRAIN.lr)
+    p.add_argument("--seed", type=non_negative_int, default=DEMO_TRAIN.seed)
+    p.add_argument("--d-model", type=positive_int, default=DEMO_MODEL["d_model"])
+    p.add_argument("--n-layers", type=positive_int, default=DEMO_MODEL["n_layers"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[MQARResult]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = flags_of(parser)
+    with user_errors(parser, flags):
+        task = MQARConfig(vocab_size=args.vocab_size, seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=task.seq_len, lr=args.lr,
+                          seed=args.seed, warmup=min(DEMO_TRAIN.warmup, args.steps - 1),
+                          eval_batches=DEMO_TRAIN.eval_batches)
     model = {**DEMO_MODEL, "d_model": args.d_model, "n_layers": args.n_layers}
+    with user_errors(parser, flags, flag="--d-model/--n-layers"):  # e.g. d_model not divisible by n_heads
+        for name in args.strategies:
+            mqar_model_config(name, task, **model)
     results = [train_mqar(name, task, cfg, **model) for name in args.strategies]
     print(format_mqar(results, task))
     return results

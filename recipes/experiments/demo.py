@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from recipes.lm.builders import SIZES, model_config
+from recipes.lm.cli import flags_of, non_negative_int, positive_float, positive_int, user_errors
 from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
@@ -124,24 +125,42 @@ def noise_note(noise: dict[str, Any] | None) -> str:
             "Step cost: `python -m recipes.bench` (timed interleaved with the baseline).")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--size", default="tiny", choices=list(SIZES))
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--steps", type=positive_int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    p.add_argument("--seq-len", type=positive_int, default=TrainConfig.seq_len)
+    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=non_negative_int, default=TrainConfig.seed)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-mqar", action="store_true", help="skip the MQAR recall column (recipes.eval.mqar)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def demo_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The training config of the parsed arguments; a bad one is ``parser.error`` naming the flag."""
+    with user_errors(parser, flags_of(parser)):
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                          seed=args.seed, compile=args.compile, warmup=min(TrainConfig.warmup, args.steps - 1))
+    with user_errors(parser, flags_of(parser)):
+        for name in args.strategies:  # the model must fit the sequence (max_seq_len)
+            model = model_config(args.size, name)
+            if cfg.seq_len > model.max_seq_len:
+                raise ValueError(f"seq_len must be <= max_seq_len = {model.max_seq_len} of size {args.size!r}, "
+                                 f"got {cfg.seq_len}")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> list[RunResult]:
-    args = parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                      seed=args.seed, compile=args.compile, warmup=min(TrainConfig.warmup, args.steps - 1))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = demo_config(parser, args)
     train, val = embedded_corpus()
     print(f"corpus: {len(train):,} train / {len(val):,} val bytes of Python stdlib source; "
           f"{cfg.steps} steps × {cfg.batch_size}×{cfg.seq_len} tokens, size={args.size}")

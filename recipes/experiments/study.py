@@ -32,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
 from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
 from recipes.experiments.study_plots import plot
 from recipes.experiments.study_report import load_runs, write_report
@@ -123,30 +124,34 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
     return [run for run in load_runs(path) if run["key"] in keys]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="published", choices=list(PRESETS), help="the study's settings")
     p.add_argument("--out", help="directory for runs.jsonl, results.md, summary.json, PNGs (default: "
                                  + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()) + ")")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (one per core)")
-    p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
-    p.add_argument("--variants", nargs="+", help=f"override the preset's variants; known: {', '.join(VARIANTS)}")
-    p.add_argument("--tasks", nargs="+", help="override the preset's tasks (lm, mqar)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (one per core)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", help="override the preset's seeds")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"override the preset's variants; known: {', '.join(VARIANTS)}")
+    p.add_argument("--tasks", nargs="+", choices=("lm", "mqar"), help="override the preset's tasks")
     p.add_argument("--report-only", action="store_true", help="re-render the report from OUT/runs.jsonl")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out = Path(args.out or DEFAULT_OUT[args.preset])
+    if args.report_only and not load_runs(out / "runs.jsonl"):
+        parser.error(f"--out: no finished runs in {out / 'runs.jsonl'} to report (--report-only)")
     if not args.report_only:
-        if args.workers < 1:
-            raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-        try:
+        with user_errors(parser, flags_of(parser)):  # e.g. repeated --seeds, a --tasks the preset lacks
             cfg = PRESETS[args.preset]().override(seeds=args.seeds, variants=args.variants, tasks=args.tasks)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
         print(f"study {args.preset}: {len(cfg.variants)} variants × {len(cfg.seeds)} seeds × tasks {list(cfg.tasks)}"
               f" -> {out / 'runs.jsonl'}", file=sys.stderr)
         runs = run_study(cfg, out, args.workers)

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from recipes.lm.cli import flags_of, positive_int, user_errors
 from recipes.tools.doctor_checks import COMPILE_BACKENDS, DTYPES, Check, DoctorConfig, Skipped, default_checks
 from value_routing.attention import backends
 from value_routing.attention.backends import xformers_unavailable_reason
@@ -156,7 +157,7 @@ def write_json(path: str, env: Mapping[str, Any], results: Sequence[CheckResult]
         json.dump(report, f, indent=2)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=DoctorConfig.device)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON (attach it to a bug report)")
@@ -166,22 +167,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategies", nargs="+", default=list(DoctorConfig.strategies), choices=DoctorConfig.strategies,
                    help="strategies of the compile/autocast/decode checks")
     p.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=DoctorConfig.compile_backend)
-    p.add_argument("--bench-rounds", type=int, default=DoctorConfig.bench_rounds)
+    p.add_argument("--bench-rounds", type=positive_int, default=DoctorConfig.bench_rounds)
     p.add_argument("--triton-interpret", action="store_true",
                    help="run the Triton kernels on CPU through Triton's interpreter (re-runs in a subprocess)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, checks: Sequence[Check] | None = None) -> int:
     """Run the doctor; returns the exit status (``checks`` replaces the default list, for tests)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.triton_interpret and not INTERPRET:
         # TRITON_INTERPRET is read when Triton is first imported, which has already happened here.
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         return subprocess.call([sys.executable, "-m", "recipes.tools.doctor", *argv], env=env)
-    cfg = DoctorConfig(device=args.device, compile_backend=args.compile_backend,
-                       strategies=tuple(args.strategies), bench_rounds=args.bench_rounds)
+    with user_errors(parser, flags_of(parser)):  # e.g. --device cuda without a CUDA device
+        cfg = DoctorConfig(device=args.device, compile_backend=args.compile_backend,
+                           strategies=tuple(args.strategies), bench_rounds=args.bench_rounds)
     env = environment(cfg)
     results = []
     for check in select(default_checks(cfg) if checks is None else checks, args.only, args.skip, args.dtypes):

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 from recipes.lm.builders import param_counts
 
@@ -18,11 +18,15 @@ def format_params(counts: dict[str, dict[str, int]] | None = None) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the counts as JSON (docs/assets/param_counts.json)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["--json"]):
-        raise ValueError(f"arguments must be [] or ['--json'], got {argv}")
-    print(json.dumps(param_counts(), indent=1) if argv else format_params())
+    args = build_parser().parse_args(argv)
+    print(json.dumps(param_counts(), indent=1) if args.json else format_params())
 
 
 if __name__ == "__main__":

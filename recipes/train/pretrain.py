@@ -33,12 +33,16 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from recipes.lm.builders import SIZES, model_config
+from recipes.lm.builders import SIZES
+from recipes.lm.cli import dataclass_override
+from recipes.lm.config import ModelConfig
 from recipes.train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from recipes.data import embedded_corpus
 from recipes.lm.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
-from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
+from recipes.train.pretrain_config import (DEFAULTS, HELP, NUMBER_TYPES, PARALLEL, SIZED, PretrainConfig, SizeDefaults,
+                                           check_seq_len, checked_config, pretrain_model_config, resolve,
+                                           tokenizer_vocab_size)
 from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
@@ -96,15 +100,8 @@ def load_data(cfg: PretrainConfig) -> tuple[TokenWindows, TokenWindows | None]:
 
 def build_model(cfg: PretrainConfig, ctx: Dist) -> tuple[torch.nn.Module, Any]:
     """The model on ``ctx.device``, wrapped for ``cfg.parallel``, and its config."""
-    overrides = dict(cfg.model_overrides)
-    if cfg.tokenizer is not None and "vocab_size" not in overrides:
-        from recipes.data.tokenizers import load_tokenizer
-
-        overrides["vocab_size"] = load_tokenizer(cfg.tokenizer).vocab_size
-    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
-    model_cfg = model_config(cfg.size, cfg.strategy, **overrides)
-    if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len}, got {cfg.seq_len}")
+    model_cfg = pretrain_model_config(cfg, tokenizer_vocab_size(cfg))
+    check_seq_len(cfg, model_cfg)
     torch.manual_seed(cfg.seed)  # same init on every rank
     model = CausalLM(model_cfg).to(ctx.device)
     if cfg.parallel == "ddp":
@@ -237,7 +234,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     return losses
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """One option per :class:`PretrainConfig` field (``--config`` names the size, ``--set`` overrides the model)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(PretrainConfig):
@@ -245,22 +242,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default = None if f.name in SIZED else f.default
         if f.name == "model_overrides":
             p.add_argument("--set", dest=f.name, nargs="*", default=[], metavar="FIELD=VALUE",
-                           help="ModelConfig overrides, e.g. d_model=256 strategy_options='{\"act\": \"sigmoid\"}'")
+                           type=dataclass_override(ModelConfig),
+                           help="ModelConfig overrides, e.g. d_model=256 qk_norm=true n_kv_heads=none "
+                                "strategy_options='{\"act\": \"sigmoid\"}'")
         elif isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                            help=HELP.get(f.name))
         else:
-            kind = int if f.name == "stop_after" else str if f.default is None else type(f.default)
+            kind = NUMBER_TYPES.get(f.name) or (str if f.default is None else type(f.default))
             choices = {"size": SIZES, "strategy": STRATEGIES, "parallel": PARALLEL, "shard_format": SHARD_FORMATS,
                        "decay": DECAY_RULES, "device": ("auto", "cpu", "cuda")}.get(f.name)
             p.add_argument(flag, dest=f.name, type=kind, default=default, choices=list(choices) if choices else None,
                            help=HELP.get(f.name))
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    args = parse_args(argv)
-    return train(resolve(args, int(os.environ.get("WORLD_SIZE", "1"))))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return train(checked_config(parser, args, int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 if __name__ == "__main__":

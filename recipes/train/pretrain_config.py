@@ -1,17 +1,19 @@
 """Configuration of :mod:`recipes.train.pretrain`: per-size optimisation defaults, the frozen run
-config, and resolving command-line arguments against the defaults."""
+config, resolving command-line arguments against the defaults, and checking the result (model,
+data paths, tokenizer) before anything is trained."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from recipes.lm.builders import SIZES
-from recipes.data.shards import SHARD_FORMATS
+from recipes.lm.builders import SIZES, model_config
+from recipes.lm.config import ModelConfig
+from recipes.data.shards import SHARD_FORMATS, shard_paths
 from recipes.train.optim import OptimConfig
 from recipes.lm.checks import check_choice, check_min
+from recipes.lm.cli import flags_of, non_negative_float, non_negative_int, positive_float, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.
@@ -105,7 +107,7 @@ class PretrainConfig(OptimConfig):
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after must be None or in [1, steps] = [1, {self.steps}], got {self.stop_after}")
         if self.resume and not self.ckpt_dir:
-            raise ValueError("resume=True needs ckpt_dir")
+            raise ValueError("resume needs ckpt_dir (the directory of the checkpoints to resume from)")
 
 
 #: Options filled from :data:`DEFAULTS` of the size when not given on the command line.
@@ -124,14 +126,30 @@ HELP = {
 }
 
 
+#: Command-line types of the numeric options (a 0 or negative count is refused, never "unset").
+NUMBER_TYPES = {
+    **dict.fromkeys(("steps", "stop_after", "micro_batch", "grad_accum", "seq_len", "keep", "eval_batches",
+                     "log_every"), positive_int),
+    **dict.fromkeys(("warmup", "seed", "ckpt_every", "eval_every"), non_negative_int),
+    "lr": positive_float, "grad_clip": positive_float,
+    "min_lr_ratio": non_negative_float, "weight_decay": non_negative_float,
+}
+
+
 def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
-    """A :class:`PretrainConfig` from parsed arguments, unset options taken from :data:`DEFAULTS`."""
+    """A :class:`PretrainConfig` from parsed arguments, unset (``None``) options taken from :data:`DEFAULTS`.
+
+    A given 0 is a value (refused by :class:`PretrainConfig` where counts are >= 1), never "unset".
+    ``args.model_overrides`` holds ``(field, value)`` pairs, as ``--set`` parses them.
+    """
     d, given = DEFAULTS[args.size], vars(args)
-    seq_len = args.seq_len or d.seq_len
-    micro = args.micro_batch or d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
-    accum = args.grad_accum or d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+    seq_len = d.seq_len if args.seq_len is None else args.seq_len
+    micro = (d.micro_batch or max(1, min(16, d.global_batch_tokens // (seq_len * world)))
+             if args.micro_batch is None else args.micro_batch)
+    accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))
+             if args.grad_accum is None else args.grad_accum)
     step_tokens = seq_len * world * micro * accum
-    steps = args.steps or max(1, d.train_tokens // step_tokens)
+    steps = max(1, d.train_tokens // step_tokens) if args.steps is None else args.steps
     if args.warmup is not None:
         warmup = args.warmup
     elif d.warmup_tokens is not None:
@@ -142,15 +160,52 @@ def resolve(args: argparse.Namespace, world: int) -> PretrainConfig:
              for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "decay")}
     return PretrainConfig(**{
         **given, **sized, "steps": steps, "micro_batch": micro, "grad_accum": accum, "seq_len": seq_len,
-        "warmup": warmup, "model_overrides": dict(_parse_override(s) for s in args.model_overrides),
+        "warmup": warmup, "model_overrides": dict(args.model_overrides),
     })
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"--set takes FIELD=VALUE items, got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string such as attention_backend=sdpa
+def tokenizer_vocab_size(cfg: PretrainConfig) -> int | None:
+    """The vocabulary size of ``cfg.tokenizer`` (None: none given); FileNotFoundError for a missing file."""
+    if cfg.tokenizer is None:
+        return None
+    from recipes.data.tokenizers import load_tokenizer
+
+    return load_tokenizer(cfg.tokenizer).vocab_size
+
+
+def pretrain_model_config(cfg: PretrainConfig, vocab_size: int | None = None) -> ModelConfig:
+    """The run's model: ``cfg.size``/``cfg.strategy`` with ``--set`` overrides (``vocab_size``, when
+    not overridden, from the tokenizer)."""
+    overrides = dict(cfg.model_overrides)
+    if "strategy" in overrides:  # model_config takes it as its own argument
+        raise ValueError(f"strategy is chosen with --strategy, not --set (got strategy={overrides['strategy']!r})")
+    if vocab_size is not None:
+        overrides.setdefault("vocab_size", vocab_size)
+    overrides.setdefault("activation_checkpointing", cfg.activation_checkpointing)
+    return model_config(cfg.size, cfg.strategy, **overrides)
+
+
+def check_seq_len(cfg: PretrainConfig, model_cfg: ModelConfig) -> None:
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"seq_len must be <= max_seq_len = {model_cfg.max_seq_len} (--set max_seq_len=N), "
+                         f"got {cfg.seq_len}")
+
+
+def checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace, world: int) -> PretrainConfig:
+    """The run's config, its model config and data paths checked: a user error is ``parser.error``
+    (exit status 2) naming the flag, before anything is trained."""
+    flags = flags_of(parser)
+    with user_errors(parser, flags):
+        cfg = resolve(args, world)
+    for name in ("data", "val_data"):
+        path = getattr(cfg, name)
+        if path is not None and not (name == "data" and path == "embedded"):
+            with user_errors(parser, flag=flags[name]):
+                shard_paths(path)
+    with user_errors(parser, flag=flags["tokenizer"]):
+        vocab_size = tokenizer_vocab_size(cfg)
+    with user_errors(parser, flag=flags["model_overrides"]):
+        model_cfg = pretrain_model_config(cfg, vocab_size)
+    with user_errors(parser, flags):
+        check_seq_len(cfg, model_cfg)
+    return cfg
