@@ -39,7 +39,9 @@ from recipes.data import embedded_corpus
 from recipes.lm.model import CausalLM
 from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import DEFAULTS, HELP, PARALLEL, SIZED, PretrainConfig, SizeDefaults, resolve
-from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
+from recipes.train.loop import MicroStep, train_step
+from recipes.train.loss import chunked_lm_loss, lm_loss
+from recipes.train.optim import DECAY_RULES, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -165,21 +167,6 @@ def train(cfg: PretrainConfig) -> list[float]:
         ctx.close()
 
 
-def train_step(model, optimizer, batches, cfg: PretrainConfig, ctx: Dist, autocast, loss_fn) -> torch.Tensor:
-    """Accumulate gradients over this rank's micro-batches, clip, step; return the mean loss."""
-    total = torch.zeros((), device=ctx.device)
-    for m, (x, y) in enumerate(batches):
-        with micro_step_context(model, cfg.parallel, m == cfg.grad_accum - 1):
-            with autocast():
-                loss = loss_fn(model, x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
-            (loss / cfg.grad_accum).backward()
-        total += loss.detach().float()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / cfg.grad_accum
-
-
 def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -190,6 +177,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     loss_fn = torch.compile(eval_loss) if cfg.compile else eval_loss
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    micro = MicroStep(lambda last: micro_step_context(model, cfg.parallel, last), autocast, ctx.device)
     step, samples = 0, 0
     path, skipped = resumable_checkpoint(cfg.ckpt_dir) if cfg.resume else (None, [])
     for bad, reason in skipped:
@@ -211,14 +199,12 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     losses: list[float] = []
     tick, tick_step = time.perf_counter(), step
     while step < stop:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         first = samples + ctx.rank * rows  # this rank's rows of the global batch
         batches = [train_windows.batch(first + m * cfg.micro_batch, cfg.micro_batch) for m in range(cfg.grad_accum)]
         if max(int(y.max()) for _, y in batches) >= model_cfg.vocab_size:
             raise ValueError(f"the data holds token ids >= vocab_size ({model_cfg.vocab_size}); set --tokenizer")
-        loss = ctx.mean(train_step(model, optimizer, batches, cfg, ctx, autocast, loss_fn))
+        lr = lr_at(step, cfg)  # what train_step sets, for the log
+        loss = ctx.mean(train_step(model, optimizer, step, cfg, batches, loss_fn, micro))
         step, samples = step + 1, samples + rows * ctx.world
         losses.append(loss)
         msg = None
