@@ -67,12 +67,19 @@ class Dist:
         if cuda:
             torch.cuda.set_device(self.device)
 
-    def mean(self, value: torch.Tensor) -> float:
+    def _summed(self, value: torch.Tensor) -> torch.Tensor:
         if dist.is_initialized() and self.world > 1:
             value = value.clone()
             dist.all_reduce(value)  # SUM: gloo has no AVG
-            value /= self.world
-        return value.item()
+        return value
+
+    def sum(self, value: torch.Tensor) -> float:
+        """``value`` summed over the ranks."""
+        return self._summed(value).item()
+
+    def mean(self, value: torch.Tensor) -> float:
+        """``value`` averaged over the ranks."""
+        return (self._summed(value) / self.world).item()
 
     def close(self) -> None:
         if self.owns_group:
@@ -130,14 +137,20 @@ def micro_step_context(model: torch.nn.Module, parallel: str, last: bool):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast,
              loss_fn=lm_loss) -> float:
-    """Mean loss over ``ceil(eval_batches / world) · world`` fixed validation batches."""
+    """Mean loss over the first ``eval_batches`` validation batches of ``micro_batch`` windows,
+    whatever the world size: rank ``r`` takes batches ``r·n .. (r+1)·n - 1``, ``n = ceil(eval_batches
+    / world)``. Every rank runs ``n`` forwards (FSDP's are collective); those past the last batch
+    repeat it and do not count."""
     per_rank = math.ceil(cfg.eval_batches / ctx.world)
     total = torch.zeros((), device=ctx.device)
     for i in range(per_rank):
-        x, y = val.batch((ctx.rank * per_rank + i) * cfg.micro_batch, cfg.micro_batch)
+        index = ctx.rank * per_rank + i
+        x, y = val.batch(min(index, cfg.eval_batches - 1) * cfg.micro_batch, cfg.micro_batch)
         with autocast():
-            total += loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
-    return ctx.mean(total / per_rank)
+            loss = loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
+        if index < cfg.eval_batches:
+            total += loss
+    return ctx.sum(total) / cfg.eval_batches
 
 
 class Logger:
