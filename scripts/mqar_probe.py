@@ -18,7 +18,8 @@ import torch
 from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
 from recipes.experiments.study_config import VARIANTS, Shape, study_model_config
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, make_optimizer, train_step
+from recipes.train.loop import TrainConfig, train_step
+from recipes.train.optim import make_optimizer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     curve, start = [], time.perf_counter()
     for step in range(cfg.steps):
-        train_step(model, opt, step, cfg, mqar_batch(task, cfg.batch_size, gen), model_mqar_loss)
+        train_step(model, opt, step, cfg, [mqar_batch(task, cfg.batch_size, gen)], model_mqar_loss)
         if (step + 1) % args.eval_every == 0 or step + 1 == cfg.steps:
             curve.append([step + 1, round(evaluate_mqar(model, task, batches=4), 4)])
             print(f"step {step + 1:>5}  acc {curve[-1][1]:.3f}  {time.perf_counter() - start:6.0f} s", flush=True)

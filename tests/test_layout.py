@@ -78,7 +78,7 @@ FACADES = {"recipes": "recipes.lm"}
 
 def layer_of(module: str) -> int:
     """Index in :data:`LAYERS` of the deepest layer containing ``module`` (``recipes.lm.model`` is in
-    layer ``recipes``, ``recipes.train.optim`` in ``recipes.train``)."""
+    layer ``recipes``, ``recipes.train.loop`` in ``recipes.train``)."""
     module = FACADES.get(module, module)
     best = -1
     for i, layer in enumerate(LAYERS):

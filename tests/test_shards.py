@@ -89,6 +89,38 @@ def test_batches_are_shifted_targets_and_seeded(tmp_path):
     assert not torch.equal(TokenWindows.from_shards(str(tmp_path), 8, seed=2).batch(5, 4)[0], x)
 
 
+def test_batch_rows_are_the_windows_at_those_sample_indices():
+    arrays = [np.arange(40, dtype=np.uint16), np.arange(23, dtype=np.uint16) + 1000]
+    data = TokenWindows(arrays, seq_len=5, seed=3)
+    n = len(data)  # 7 + 4 windows per epoch
+    for start in (0, 4, n - 2):  # the last crosses into epoch 1
+        x, y = data.batch(start, 4)
+        for i in range(4):
+            window = torch.from_numpy(data.window(start + i))
+            assert torch.equal(x[i], window[:-1]) and torch.equal(y[i], window[1:])
+
+
+def test_unshuffled_windows_are_consecutive_in_shard_order():
+    arrays = [np.arange(40, dtype=np.uint16), np.arange(23, dtype=np.uint16) + 1000]
+    data = TokenWindows(arrays, seq_len=5, shuffle=False)
+    starts = [(0, 5 * k) for k in range(7)] + [(1, 5 * k) for k in range(4)]  # (40 - 1) // 5, (23 - 1) // 5
+    assert [data.window(k).tolist() for k in range(len(data))] == [
+        arrays[a][s : s + 6].tolist() for a, s in starts]
+    assert data.window(len(data)).tolist() == list(range(6))  # epoch 1 starts over, same order
+
+
+def test_shard_header_must_match_the_file_exactly(tmp_path):
+    path = write_shard(tmp_path / "t.bin", np.arange(10))
+    path.write_bytes(path.read_bytes() + b"\x00\x00")  # one token more than the header says
+    with pytest.raises(ValueError, match="header says 10 tokens"):
+        read_shard(path)
+    bad = np.zeros(256, dtype="<i4")
+    bad[:3] = (20240801, 1, 0)  # a known magic with another format's version: not silently raw
+    (tmp_path / "v.bin").write_bytes(bad.tobytes())
+    with pytest.raises(ValueError, match="version must be 7 for magic 20240801"):
+        read_shard(tmp_path / "v.bin")
+
+
 def test_write_shards_splits_and_concatenates(tmp_path):
     docs = [list(range(i * 7 % 50, i * 7 % 50 + 13)) for i in range(20)]
     paths = write_shards(docs, tmp_path, shard_tokens=100, prefix="val")

@@ -20,7 +20,7 @@ from recipes.experiments.study_config import PRESETS, VARIANTS, Shape, StudyConf
 from recipes.experiments.study_report import load_runs, summarize
 from recipes.eval.mqar import MQARConfig, train_mqar
 from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
-from recipes.train.optim import TrainConfig
+from recipes.train.loop import TrainConfig
 
 TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
 

@@ -5,9 +5,9 @@
 Three train steps on the same batch (batch 1 by default) from the same initial weights:
 
 ``plain``
-    full ``(batch, seq, vocab)`` logits and cross-entropy (:func:`recipes.train.optim.lm_loss`);
+    full ``(batch, seq, vocab)`` logits and cross-entropy (:func:`recipes.train.loss.lm_loss`);
 ``chunked``
-    the LM head fused into the loss in token chunks (:func:`recipes.train.optim.chunked_lm_loss`);
+    the LM head fused into the loss in token chunks (:func:`recipes.train.loss.chunked_lm_loss`);
 ``chunked+ckpt``
     that, plus per-block activation checkpointing (``ModelConfig.activation_checkpointing``).
 
@@ -37,7 +37,9 @@ from recipes.bench.report import describe_machine
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.cli import positive_int
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, chunked_lm_loss, lm_loss, make_optimizer
+from recipes.train.loop import TrainConfig
+from recipes.train.loss import chunked_lm_loss, lm_loss
+from recipes.train.optim import make_optimizer
 from value_routing.strategies import STRATEGIES
 
 #: ``label -> (loss function, activation checkpointing)``; ``plain`` first (the ratios' base).

@@ -20,7 +20,9 @@ from recipes.bench.counters import process_counters
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, lm_loss, make_optimizer
+from recipes.train.loop import TrainConfig
+from recipes.train.loss import lm_loss
+from recipes.train.optim import make_optimizer
 from recipes.lm.checks import check_choice, check_min
 from value_routing import strategies as strategies_module
 from value_routing.strategies import STRATEGIES

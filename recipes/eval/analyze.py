@@ -189,7 +189,8 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     """A tiny SATFormer trained ``steps`` steps on the embedded corpus (as in the demo)."""
     from recipes.lm.builders import satformer
     from recipes.data import embedded_corpus, random_batch
-    from recipes.train.optim import TrainConfig, make_optimizer, train_step
+    from recipes.train.loop import TrainConfig, train_step
+    from recipes.train.optim import make_optimizer
 
     cfg = TrainConfig(steps=steps, warmup=min(TrainConfig.warmup, steps - 1), seed=seed)
     train, _ = embedded_corpus()
@@ -197,7 +198,7 @@ def train_tiny(steps: int, act: str = "relu", seed: int = 0) -> CausalLM:
     model = CausalLM(satformer("tiny", act=act))
     opt, gen = make_optimizer(model, cfg), torch.Generator().manual_seed(seed)
     for step in range(steps):
-        train_step(model, opt, step, cfg, random_batch(train, cfg.batch_size, cfg.seq_len, gen))
+        train_step(model, opt, step, cfg, [random_batch(train, cfg.batch_size, cfg.seq_len, gen)])
     return model
 
 

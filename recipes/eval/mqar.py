@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from recipes.lm.builders import model_config
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, fit, make_optimizer
+from recipes.train.loop import TrainConfig, fit
+from recipes.train.optim import make_optimizer
 from recipes.lm.checks import check_min
 from recipes.lm.cli import flags_of, non_negative_int, positive_float, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
@@ -125,7 +126,7 @@ def mqar_loss(logits: Float[Tensor, "batch seq vocab"], targets: Int[Tensor, "ba
 
 
 def model_mqar_loss(model: CausalLM, inputs: Tensor, targets: Tensor) -> Tensor:
-    """:func:`mqar_loss` of ``model``'s logits (the ``loss_fn`` of :func:`recipes.train.optim.fit`)."""
+    """:func:`mqar_loss` of ``model``'s logits (the ``loss_fn`` of :func:`recipes.train.loop.fit`)."""
     return mqar_loss(model(inputs).logits, targets)
 
 

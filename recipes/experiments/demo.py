@@ -31,7 +31,9 @@ from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, format_mqar, mqar_model_config, train_mqar
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
+from recipes.train.loop import TrainConfig, fit
+from recipes.train.loss import lm_loss
+from recipes.train.optim import make_optimizer
 from value_routing.strategies import STRATEGIES
 
 

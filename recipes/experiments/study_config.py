@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
 from recipes.eval.mqar import DEMO_MODEL, DEMO_TASK, DEMO_TRAIN, MQARConfig
-from recipes.train.optim import TrainConfig
+from recipes.train.loop import TrainConfig
 from recipes.lm.checks import check_min
 from value_routing.strategies import STRATEGIES
 

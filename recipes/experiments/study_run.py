@@ -13,7 +13,9 @@ from recipes.data import embedded_corpus, random_batch
 from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
 from recipes.experiments.demo import evaluate
 from recipes.lm.model import CausalLM
-from recipes.train.optim import TrainConfig, fit, lm_loss, make_optimizer
+from recipes.train.loop import TrainConfig, fit
+from recipes.train.loss import lm_loss
+from recipes.train.optim import make_optimizer
 
 
 @functools.lru_cache(maxsize=2)

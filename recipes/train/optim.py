@@ -1,20 +1,17 @@
-"""What every training loop shares: the AdamW set-up, the warmup + cosine schedule, the LM loss and
-one optimiser step.
+"""The optimiser and its schedule, shared by every training loop: AdamW with its decay rule and
+linear warmup + cosine decay.
 
-The demo (:mod:`recipes.train.demo`), pretraining (:mod:`recipes.train.pretrain`), MQAR
-(:mod:`recipes.eval.mqar`), the study and the benchmarks all train through these, so a change to the
-recipe reaches all of them at once.
+The demo (:mod:`recipes.experiments.demo`), pretraining (:mod:`recipes.train.pretrain`), MQAR
+(:mod:`recipes.eval.mqar`), the study and the benchmarks all build their optimiser here, so a
+change to the recipe reaches all of them at once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from recipes.lm.checks import check_choice, check_min
 
@@ -24,8 +21,9 @@ DECAY_RULES: tuple[str, ...] = ("matrices", "all")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The schedule and AdamW settings :func:`lr_at` and :func:`make_optimizer` read; the base of
-    :class:`TrainConfig` and :class:`recipes.train.pretrain_config.PretrainConfig`.
+    """The schedule and AdamW settings :func:`lr_at` and :func:`make_optimizer` read, and the
+    gradient clip of :func:`recipes.train.loop.train_step`; the base of
+    :class:`recipes.train.loop.TrainConfig` and :class:`recipes.train.pretrain_config.PretrainConfig`.
 
     ``decay`` names the parameters weight decay applies to (:data:`DECAY_RULES`).
     """
@@ -47,21 +45,6 @@ class OptimConfig:
             raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
 
 
-@dataclass(frozen=True)
-class TrainConfig(OptimConfig):
-    """One run of the demo (or of :mod:`recipes.eval.mqar`): optimisation, batch shape, evaluation."""
-
-    batch_size: int = 16
-    seq_len: int = 128
-    eval_batches: int = 16
-    seed: int = 0
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_min(self, 1, "batch_size", "seq_len", "eval_batches")
-
-
 def lr_at(step: int, cfg: OptimConfig) -> float:
     """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup:
@@ -78,46 +61,3 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
     no_decay = [p for p in model.parameters() if not everything and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy from the full ``(batch, seq, vocab)`` logits."""
-    logits = model(x).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-def chunked_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """:func:`lm_loss` with the LM head fused into the loss, in token chunks: the logits never exist.
-
-    Goes through the model's ``forward`` (``targets=``), so DDP / FSDP wrappers see the call.
-    """
-    return model(x, targets=y)
-
-
-def train_step(model, opt, step: int, cfg: TrainConfig, batch, loss_fn=lm_loss) -> torch.Tensor:
-    """One optimiser step on ``batch = (inputs, targets)`` at the scheduled lr; returns the loss."""
-    for group in opt.param_groups:
-        group["lr"] = lr_at(step, cfg)
-    loss = loss_fn(model, *batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return loss
-
-
-def fit(model, opt, cfg: TrainConfig, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-        loss_fn=lm_loss, desc: str | None = None, after_step: Callable[[int], None] | None = None) -> list[float]:
-    """``cfg.steps`` calls of :func:`train_step` on ``next_batch()``; returns every step's loss.
-
-    ``desc`` shows a progress bar with that label and the current loss. ``after_step(n)`` is called
-    after the ``n``-th step (1-based), e.g. to evaluate along training.
-    """
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
-    for step in bar:
-        losses.append(train_step(model, opt, step, cfg, next_batch(), loss_fn).item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-        if after_step is not None:
-            after_step(step + 1)
-    return losses

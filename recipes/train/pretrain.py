@@ -43,7 +43,9 @@ from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.pretrain_config import (DEFAULTS, HELP, NUMBER_TYPES, PARALLEL, SIZED, PretrainConfig, SizeDefaults,
                                            check_seq_len, checked_config, pretrain_model_config, resolve,
                                            tokenizer_vocab_size)
-from recipes.train.optim import DECAY_RULES, chunked_lm_loss, lm_loss, lr_at, make_optimizer
+from recipes.train.loop import MicroStep, train_step
+from recipes.train.loss import chunked_lm_loss, lm_loss
+from recipes.train.optim import DECAY_RULES, lr_at, make_optimizer
 from value_routing.strategies import STRATEGIES
 
 __all__ = ["DEFAULTS", "PretrainConfig", "SizeDefaults", "main", "parse_args", "resolve", "train"]
@@ -69,12 +71,19 @@ class Dist:
         if cuda:
             torch.cuda.set_device(self.device)
 
-    def mean(self, value: torch.Tensor) -> float:
+    def _summed(self, value: torch.Tensor) -> torch.Tensor:
         if dist.is_initialized() and self.world > 1:
             value = value.clone()
             dist.all_reduce(value)  # SUM: gloo has no AVG
-            value /= self.world
-        return value.item()
+        return value
+
+    def sum(self, value: torch.Tensor) -> float:
+        """``value`` summed over the ranks."""
+        return self._summed(value).item()
+
+    def mean(self, value: torch.Tensor) -> float:
+        """``value`` averaged over the ranks."""
+        return (self._summed(value) / self.world).item()
 
     def close(self) -> None:
         if self.owns_group:
@@ -125,14 +134,20 @@ def micro_step_context(model: torch.nn.Module, parallel: str, last: bool):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val: TokenWindows, cfg: PretrainConfig, ctx: Dist, autocast,
              loss_fn=lm_loss) -> float:
-    """Mean loss over ``ceil(eval_batches / world) · world`` fixed validation batches."""
+    """Mean loss over the first ``eval_batches`` validation batches of ``micro_batch`` windows,
+    whatever the world size: rank ``r`` takes batches ``r·n .. (r+1)·n - 1``, ``n = ceil(eval_batches
+    / world)``. Every rank runs ``n`` forwards (FSDP's are collective); those past the last batch
+    repeat it and do not count."""
     per_rank = math.ceil(cfg.eval_batches / ctx.world)
     total = torch.zeros((), device=ctx.device)
     for i in range(per_rank):
-        x, y = val.batch((ctx.rank * per_rank + i) * cfg.micro_batch, cfg.micro_batch)
+        index = ctx.rank * per_rank + i
+        x, y = val.batch(min(index, cfg.eval_batches - 1) * cfg.micro_batch, cfg.micro_batch)
         with autocast():
-            total += loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
-    return ctx.mean(total / per_rank)
+            loss = loss_fn(model, x.to(ctx.device), y.to(ctx.device)).float()
+        if index < cfg.eval_batches:
+            total += loss
+    return ctx.sum(total) / cfg.eval_batches
 
 
 class Logger:
@@ -162,21 +177,6 @@ def train(cfg: PretrainConfig) -> list[float]:
         ctx.close()
 
 
-def train_step(model, optimizer, batches, cfg: PretrainConfig, ctx: Dist, autocast, loss_fn) -> torch.Tensor:
-    """Accumulate gradients over this rank's micro-batches, clip, step; return the mean loss."""
-    total = torch.zeros((), device=ctx.device)
-    for m, (x, y) in enumerate(batches):
-        with micro_step_context(model, cfg.parallel, m == cfg.grad_accum - 1):
-            with autocast():
-                loss = loss_fn(model, x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
-            (loss / cfg.grad_accum).backward()
-        total += loss.detach().float()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / cfg.grad_accum
-
-
 def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -187,6 +187,7 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     loss_fn = torch.compile(eval_loss) if cfg.compile else eval_loss
     use_amp = cfg.amp and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    micro = MicroStep(lambda last: micro_step_context(model, cfg.parallel, last), autocast, ctx.device)
     step, samples = 0, 0
     path, skipped = resumable_checkpoint(cfg.ckpt_dir) if cfg.resume else (None, [])
     for bad, reason in skipped:
@@ -208,14 +209,12 @@ def _train(cfg: PretrainConfig, ctx: Dist, log: Logger) -> list[float]:
     losses: list[float] = []
     tick, tick_step = time.perf_counter(), step
     while step < stop:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         first = samples + ctx.rank * rows  # this rank's rows of the global batch
         batches = [train_windows.batch(first + m * cfg.micro_batch, cfg.micro_batch) for m in range(cfg.grad_accum)]
         if max(int(y.max()) for _, y in batches) >= model_cfg.vocab_size:
             raise ValueError(f"the data holds token ids >= vocab_size ({model_cfg.vocab_size}); set --tokenizer")
-        loss = ctx.mean(train_step(model, optimizer, batches, cfg, ctx, autocast, loss_fn))
+        lr = lr_at(step, cfg)  # what train_step sets, for the log
+        loss = ctx.mean(train_step(model, optimizer, step, cfg, batches, loss_fn, micro))
         step, samples = step + 1, samples + rows * ctx.world
         losses.append(loss)
         msg = None
