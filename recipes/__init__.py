@@ -15,35 +15,7 @@ Each subpackage is one concern; the package re-exports the user-facing names of 
 Imports point down that list (a subpackage never imports one listed after it) and never circle.
 """
 
-from recipes.lm import (
-    SIZES,
-    CausalLM,
-    KVCache,
-    ModelConfig,
-    denseformer,
-    generate,
-    hyperconnections,
-    model_config,
-    muddformer,
-    resformer,
-    sample,
-    satformer,
-    transformer,
-)
+from recipes import lm as _lm
+from recipes.lm import *  # noqa: F403 - the facade re-exports exactly recipes.lm's public names
 
-__all__ = [
-    "SIZES",
-    "CausalLM",
-    "KVCache",
-    "ModelConfig",
-    "denseformer",
-    "generate",
-    "hyperconnections",
-    "model_config",
-    "muddformer",
-    "resformer",
-    "sample",
-    "satformer",
-    "transformer",
-]
-
+__all__ = list(_lm.__all__)
