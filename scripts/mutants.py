@@ -1,7 +1,7 @@
 """Targeted mutation check: does the test suite notice when the core code is wrong?
 
 Each mutant replaces one exact snippet of a core module (strategies, kernel references, blocks,
-model, checkpoint) with a plausible bug. For every mutant the script applies it to a temporary
+model, checkpoint, the training recipe, sampling, shards) with a plausible bug. For every mutant the script applies it to a temporary
 copy of the repository, runs the tests that cover that module (``pytest -x``: the first failure
 kills the mutant) and restores the file. A mutant that every test passes *survives*: either a
 test is missing or the mutant does not change behaviour (then say why in ``EQUIVALENT``).
@@ -37,6 +37,9 @@ KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests
 CKPT_TESTS = ("tests/test_checkpoint.py",)
 STUDY_TESTS = ("tests/test_study.py",)
 CLI_TESTS = ("tests/test_cli_errors.py",)
+TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
+SAMPLING_TESTS = ("tests/test_sampling.py",)
+SHARD_TESTS = ("tests/test_shards.py",)
 
 
 class Mutant(NamedTuple):
@@ -152,6 +155,56 @@ MUTANTS = [
            "checkpoint_dirs(root)[:-keep - 1]", CKPT_TESTS),
     Mutant("checkpoint: oldest taken as latest", "recipes/train/checkpoint.py", "return dirs[-1] if dirs", "return dirs[0] if dirs",
            CKPT_TESTS),
+    Mutant("integrity: SHA-256 not compared", "recipes/train/integrity.py", 'if sha256(file) != record["sha256"]:',
+           "if False:", CKPT_TESTS),
+    Mutant("integrity: size not compared", "recipes/train/integrity.py", 'if file.stat().st_size != record["bytes"]:',
+           "if False:", CKPT_TESTS),
+    Mutant("integrity: missing file not named", "recipes/train/integrity.py", "        if not file.is_file():",
+           "        if False:", CKPT_TESTS),
+    # the training recipe: schedule, shared train step, optimizer, pretraining
+    Mutant("train: warmup shifted by one step", "recipes/train/optim.py", "cfg.lr * (step + 1) / cfg.warmup",
+           "cfg.lr * step / cfg.warmup", TRAIN_TESTS),
+    Mutant("train: cosine floor dropped", "recipes/train/optim.py",
+           "cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5", "cfg.lr * (0 + 1 * 0.5", TRAIN_TESTS),
+    Mutant("train: clip removed from the shared step", "recipes/train/loop.py",
+           "torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)", "None", TRAIN_TESTS),
+    Mutant("train: accumulation summed instead of averaged", "recipes/train/loop.py", "(loss / n).backward()",
+           "loss.backward()", TRAIN_TESTS),
+    Mutant("train: step loss is the last micro-batch's", "recipes/train/loop.py", "    return total / n",
+           "    return loss.detach().float()", TRAIN_TESTS),
+    Mutant("train: the step ignores the schedule", "recipes/train/loop.py", 'group["lr"] = lr_at(step, cfg)',
+           'group["lr"] = cfg.lr', TRAIN_TESTS),
+    Mutant("train: decay on norms", "recipes/train/optim.py", '{"params": no_decay, "weight_decay": 0.0}',
+           '{"params": no_decay, "weight_decay": cfg.weight_decay}', TRAIN_TESTS),
+    Mutant("train: decay 'all' ignored", "recipes/train/optim.py", 'everything = cfg.decay == "all"',
+           "everything = False", TRAIN_TESTS),
+    Mutant("pretrain: micro-batches overlap", "recipes/train/pretrain.py", "train_windows.batch(first + m * cfg.micro_batch,",
+           "train_windows.batch(first + m,", TRAIN_TESTS),
+    Mutant("pretrain: data position off by one batch", "recipes/train/pretrain.py", 'state = {"samples": samples,',
+           'state = {"samples": samples - cfg.micro_batch,', TRAIN_TESTS),
+    Mutant("pretrain: eval windows drawn at random", "recipes/train/pretrain.py",
+           "x, y = val.batch(min(index, cfg.eval_batches - 1) * cfg.micro_batch, cfg.micro_batch)",
+           "x, y = val.batch(random.randrange(len(val)), cfg.micro_batch)", TRAIN_TESTS),
+    Mutant("pretrain: eval scores the world-rounded batch count", "recipes/train/pretrain.py",
+           "if index < cfg.eval_batches:", "if True:", TRAIN_TESTS),
+    # generation's sampling rules
+    Mutant("sampling: temperature ignored", "recipes/lm/generate.py", "logits = logits.float() / temperature",
+           "logits = logits.float()", SAMPLING_TESTS),
+    Mutant("sampling: top-k keeps one too many", "recipes/lm/generate.py", "min(top_k, logits.shape[-1])",
+           "min(top_k + 1, logits.shape[-1])", SAMPLING_TESTS),
+    Mutant("sampling: top-k ignored", "recipes/lm/generate.py", "    if top_k is not None:\n        kth",
+           "    if False:\n        kth", SAMPLING_TESTS),
+    # shards and the window sampler
+    Mutant("windows: batch rows one sample late", "recipes/data/shards.py", "self.window(start + i) for i in range(rows)",
+           "self.window(start + i + 1) for i in range(rows)", SHARD_TESTS),
+    Mutant("windows: unshuffled windows shuffled", "recipes/data/shards.py", "        if self.shuffle:\n            key",
+           "        if True:\n            key", SHARD_TESTS),
+    Mutant("shards: bytes beyond the header's count accepted", "recipes/data/shards.py",
+           "if size != HEADER_BYTES + count * dtype.itemsize:", "if size < HEADER_BYTES + count * dtype.itemsize:",
+           SHARD_TESTS),
+    Mutant("shards: magic unchecked with fmt=llmc", "recipes/data/shards.py", '(fmt == "auto" and magic not in FORMATS)',
+           "(magic not in FORMATS)", SHARD_TESTS),
+    Mutant("shards: version unchecked", "recipes/data/shards.py", "if version != want_version:", "if False:", SHARD_TESTS),
     # HF wrapper and the study's statistics
     Mutant("hf: RoPE tables not rebuilt after from_pretrained", "recipes/interop/hf.py", "            module.reset_rope()",
            "            pass", ("tests/test_hf.py",)),
