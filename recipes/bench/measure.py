@@ -6,7 +6,6 @@ The methodology is described in :mod:`recipes.bench.step`.
 from __future__ import annotations
 
 import gc
-import inspect
 import math
 import statistics
 import time
@@ -25,7 +24,7 @@ from recipes.train.loss import lm_loss
 from recipes.train.optim import make_optimizer
 from recipes.lm.checks import check_choice, check_min
 from value_routing import strategies as strategies_module
-from value_routing.strategies import STRATEGIES
+from value_routing.strategies import STRATEGIES, strategy_options
 
 MODES: tuple[str, ...] = ("eager", "compiled")
 
@@ -88,14 +87,14 @@ def discover_variants(labels: list[str] | None = None) -> list[Variant]:
     impls = getattr(strategies_module, "DEPTH_IMPLS", ("buffer", "stack"))
     found = []
     for name in sorted(STRATEGIES, key=lambda n: n != "baseline"):
-        cls = STRATEGIES[name]
-        impl = inspect.signature(cls.__init__).parameters.get("impl")
-        if impl is None:
+        options = strategy_options(name)
+        if "impl" not in options:
             found.append(Variant(name, name))
         else:
-            for value in sorted(impls, key=lambda v: v != impl.default):
-                found.append(Variant(name if value == impl.default else f"{name}[{value}]", name, {"impl": value}))
-        if "fuse_projection" in inspect.signature(cls.__init__).parameters:
+            default = options["impl"]
+            for value in sorted(impls, key=lambda v: v != default):
+                found.append(Variant(name if value == default else f"{name}[{value}]", name, {"impl": value}))
+        if "fuse_projection" in options:
             found.append(Variant(f"{name}[fused]", name, {"fuse_projection": True}))
     if labels is None:
         return found

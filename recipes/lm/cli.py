@@ -87,18 +87,13 @@ def _convert(hint: Any, text: str) -> Any:
         raise ValueError(f"one of {args}")
     if hint is bool:
         if text.lower() not in _BOOLS:
-            raise ValueError("a bool (true or false)")
+            raise ValueError(_describe(bool))
         return _BOOLS[text.lower()]
-    if hint is int:
+    if hint in (int, float):
         try:
-            return int(text)
+            return hint(text)
         except ValueError:
-            raise ValueError("an int") from None
-    if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError("a float") from None
+            raise ValueError(_describe(hint)) from None
     if hint is str:
         return text
     if origin is not None and isinstance(origin, type) and issubclass(origin, (MappingABC, SequenceABC)):

@@ -39,6 +39,13 @@ _DERIVED: dict[str, Any] = {
 }
 
 
+#: The numeric fields, with the Python types they take (bools are refused) and how errors call them.
+_NUMERIC_FIELDS = (
+    (("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_kv_heads", "d_ff"), int, "an integer"),
+    (("rope_theta", "norm_eps", "qk_norm_eps", "init_std", "out_proj_std"), (int, float), "a number"),
+)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only LM with a reuse strategy.
@@ -84,15 +91,11 @@ class ModelConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_kv_heads", "d_ff"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool)) and not (value is None and name in _DERIVED):
-                raise ValueError(f"{name} must be an integer{' or None' if name in _DERIVED else ''}, got {value!r}")
-        for name in ("rope_theta", "norm_eps", "qk_norm_eps", "init_std", "out_proj_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                if not (value is None and name in _DERIVED):
-                    raise ValueError(f"{name} must be a number{' or None' if name in _DERIVED else ''}, got {value!r}")
+        for names, kind, what in _NUMERIC_FIELDS:
+            for name in names:
+                value = getattr(self, name)
+                if (isinstance(value, bool) or not isinstance(value, kind)) and not (value is None and name in _DERIVED):
+                    raise ValueError(f"{name} must be {what}{' or None' if name in _DERIVED else ''}, got {value!r}")
         if not isinstance(self.strategy_options, Mapping):
             raise ValueError(f"strategy_options must be a mapping of option names to values, got {self.strategy_options!r}")
         check_min(self, 1, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")

@@ -146,7 +146,7 @@ class HyperConnections(Strategy):
     def _enter(self, m: int, hyper: Tensor) -> HyperState:
         alpha, beta = self.connection(m, hyper)
         mixed = depth_aggregate(hyper, alpha)  # (1 + n, batch, seq, dim)
-        # the block saves h: a copy of its own lets ``mixed`` be freed after block_output
+        # the block saves h: a copy of its own lets ``mixed`` be freed after this residual
         return HyperState(mixed[0].clone(memory_format=torch.contiguous_format), mixed[1:], beta)
 
     def init_state(self, x0: Float[Tensor, "batch seq dim"], tokens=None) -> tuple[BlockInput, HyperState]:
