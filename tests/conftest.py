@@ -20,3 +20,12 @@ torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Reset dynamo before and after: compiled frames of one test must not make later tests'
+    shapes "automatically dynamic" (SDPA's is_causal then becomes a SymBool)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

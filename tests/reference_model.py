@@ -14,7 +14,8 @@ name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer 
 * the value hook acts on the RoPE-free value projection before attention (what a KV cache
   stores); ``V1`` is layer 0's raw value projection.
 
-A strategy is one small class: how the residual streams enter a block (``enter``), how it
+A strategy is one small class: what it keeps from the embedding output and the token ids
+(``start``), how the residual streams enter a block (``enter``), how it
 rewrites a layer's values (``mix``), how each sublayer's output joins the stream (``residual``,
 ``x + out`` unless it routes per sublayer), how a block's output updates the streams
 (``leave``) and what reaches the final norm (``final``); ``separate_qkv_norms`` gives the q, k,
@@ -159,7 +160,7 @@ def forward(p: Params, spec: Spec, tokens: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(tokens.shape[1])
     routing = ROUTINGS[spec.strategy](p, spec)
     x = p["embed.weight"][tokens]
-    routing.start(x)
+    routing.start(x, tokens)
     v1 = None
     for i in range(spec.n_layers):
         x, xq, xk, xv = routing.enter(i)
@@ -188,7 +189,8 @@ class Routing:
         """How sublayer 0 (attention) or 1 (MLP) output ``out`` joins its input ``x``."""
         return x + out
 
-    def start(self, x0):
+    def start(self, x0, tokens):
+        """Called once with the embedding output and the token ids."""
         self.x = x0
 
     def enter(self, i):
@@ -239,7 +241,7 @@ class SATFormer(Routing):
 class DenseFormer(Routing):
     """``Y_i = Σ_{j ≤ i, j ≡ i (mod k)} α_ij X_j`` after every ``p``-th block, else ``Y_i = X_i``."""
 
-    def start(self, x0):
+    def start(self, x0, tokens):
         self.x, self.states = x0, [x0]
 
     def leave(self, i, y):
@@ -266,7 +268,7 @@ class MUDDFormer(Routing):
         self.separate_qkv_norms = self.authors
         self.eps = self.opt.get("norm_eps", 1e-6)
 
-    def start(self, x0):
+    def start(self, x0, tokens):
         self.states = [rms_norm(x0, None, self.eps) if self.authors else x0]
         self.streams = (x0, x0, x0, x0)  # block 1 reads the embedding everywhere
 
@@ -301,16 +303,17 @@ class HyperConnections(Routing):
 
     ``form="ours"``: one connection per block, ``T(h) = block(h) − h``. ``form="authors"``: one
     per sublayer (connection ``m = 2·layer + sublayer``), ``T`` the bare sublayer output, and a
-    learned scale ``g`` in the dynamic norm (eps: float32's machine epsilon unless given).
+    learned scale ``g`` in the dynamic norm (eps: the machine epsilon of the input's dtype unless given).
     """
 
     def __init__(self, p, spec):
         super().__init__(p, spec)
         self.n, self.authors = self.opt.get("rate", 4), self.opt.get("form", "ours") == "authors"
-        default_eps = torch.finfo(torch.float32).eps if self.authors else 1e-6
-        self.eps = self.opt.get("norm_eps") if self.opt.get("norm_eps") is not None else default_eps
 
-    def start(self, x0):
+    def start(self, x0, tokens):
+        # the authors' norm (nn.RMSNorm, no eps) takes the epsilon of its input's dtype
+        default_eps = torch.finfo(x0.dtype).eps if self.authors else 1e-6
+        self.eps = self.opt.get("norm_eps") if self.opt.get("norm_eps") is not None else default_eps
         self.H = [x0 for _ in range(self.n)]
         self.connect(0)
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from test_model import ALL_REGISTERED, model_for, tiny, tokens
+from forms import FORM_IDS, FORMS
+from test_model import model_for, tiny, tokens
 from value_routing.kernels import linear_cross_entropy, linear_cross_entropy_reference
 
 
@@ -93,8 +94,7 @@ def test_model_targets_equal_plain_cross_entropy_every_gradient(tie):
         model(x, targets=y[:, 1:])
 
 
-@pytest.mark.parametrize("strategy, options", [(s, {}) for s in ALL_REGISTERED]
-                         + [("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})])
+@pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)
 def test_activation_checkpointing_changes_no_gradient(strategy, options):
     plain = model_for(tiny(strategy, options)).train()
     ckpt = model_for(dataclasses.replace(plain.cfg, activation_checkpointing=True)).train()

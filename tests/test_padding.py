@@ -9,12 +9,11 @@ from hypothesis import strategies as st
 from reference import naive_attention
 from recipes.lm.generate import generate
 from recipes.lm.model import KVCache
-from test_model import ALL_REGISTERED, model_for, tiny, tokens
+from forms import FORM_IDS, FORMS
+from test_model import model_for, tiny, tokens
 from value_routing.attention import AttentionMask, sdpa_attention, xformers_available, xformers_bias
 
 LENS = (5, 2, 7)
-#: Every strategy, plus the authors' forms of MUDDFormer and Hyper-Connections (the paper presets').
-FORMS = [(s, {}) for s in ALL_REGISTERED] + [("mudd", {"form": "authors"}), ("hyper", {"form": "authors"})]
 
 
 def padded(prompts, side, width=None, pad=3):
@@ -30,7 +29,7 @@ def padded(prompts, side, width=None, pad=3):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("strategy, options", FORMS)
+@pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)
 def test_padded_batch_equals_each_prompt_alone(strategy, options, side):
     model = model_for(tiny(strategy, options))
     prompts = [tokens(1, n, seed=n)[0] for n in LENS]

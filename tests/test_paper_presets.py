@@ -222,7 +222,7 @@ def hyper_authors_reference(s, x0, toy):
         for i in range(n):
             alpha, beta = s.static_alpha[m].view(n, n + 1)[i], s.static_beta[m][i]
             if s.dynamic:
-                dyn = torch.tanh((s.norm_scale[m] * rms(hyper[i], s.norm_eps)) @ s.proj[m].t())
+                dyn = torch.tanh((s.norm_scale[m] * rms(hyper[i], torch.finfo(hyper[i].dtype).eps)) @ s.proj[m].t())
                 alpha = s.scales[m][0] * dyn[..., : n + 1] + alpha
                 beta = s.scales[m][1] * dyn[..., n + 1 :] + beta
             alphas.append(alpha)
@@ -269,7 +269,9 @@ def test_hyper_authors_matches_equations(shape, n_layers, rate, dynamic):
     s = perturbed(HyperConnections(shape[-1], n_layers, rate=rate, dynamic=dynamic, form="authors"))
     x0 = torch.randn(shape, dtype=F64, requires_grad=True)
     assert_parity(s, hyper_authors_reference, x0, ToySublayers(n_layers, shape[-1]))
-    assert s.norm_eps == torch.finfo(torch.float32).eps
+    assert s.norm_eps is None  # the norm's epsilon follows the activations' dtype
+    assert [s.eps(t) for t in (F64, torch.float32, torch.bfloat16)] == [torch.finfo(t).eps for t in
+                                                                        (F64, torch.float32, torch.bfloat16)]
 
 
 # ----------------------------------------------------------------------------- errors

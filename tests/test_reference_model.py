@@ -97,6 +97,18 @@ def test_logits_and_gradients_equal_reference(strategy, options, overrides):
     assert params.keys() == dict(model.named_parameters()).keys()
 
 
+def test_hyper_authors_norm_epsilon_follows_the_float64_input():
+    """The authors' dynamic norm is nn.RMSNorm without eps: finfo(input dtype).eps, 2.2e-16 in
+    float64. With streams of RMS ~1e-5, float32's 1.2e-7 would dominate mean(H²) ~1e-10."""
+    cfg = config("hyper", {"form": "authors"}, {})
+    model, params = model_and_params(cfg)
+    with torch.no_grad():
+        for w in (model.embed.weight, params["embed.weight"]):
+            w.mul_(1e-5 / w.pow(2).mean().sqrt())
+    x = tokens(2, 9)
+    torch.testing.assert_close(model(x).logits, ref.forward(params, spec(cfg), x), **TOL)
+
+
 @pytest.mark.parametrize("strategy, options, overrides", CASES, ids=IDS)
 def test_decode_through_cache_equals_reference(strategy, options, overrides):
     cfg = config(strategy, options, overrides)

@@ -47,7 +47,9 @@ all, :math:`A_m` of connection :math:`m = 2k + s` initialised to :math:`e_{m \bm
 
 Both forms route through the ``residual`` hook only. Its dynamic norm has a learned scale
 :math:`g` (init 1), :math:`\bar H = g \odot H/\sqrt{\mathrm{mean}(H^2) + \epsilon}`, with
-:math:`\epsilon` the float32 machine epsilon (their norm's default) unless ``norm_eps`` is given.
+:math:`\epsilon` the machine epsilon of the model's activation dtype unless ``norm_eps`` is given
+(their norm is ``nn.RMSNorm`` without ``eps``, which takes ``torch.finfo(input.dtype).eps``:
+float32's for a float32 model, float64's for a float64 one, bfloat16's for a bfloat16 one).
 
 The mixing math (norm, weights and the aggregation over streams) runs in float32 (or the
 input's dtype if wider), and :math:`H` is kept in that dtype. All operations are per token.
@@ -90,16 +92,16 @@ class HyperConnections(Strategy):
         super().__init__(n_layers)
         if form not in HC_FORMS:
             raise ValueError(f"form must be one of {HC_FORMS}, got {form!r}")
-        if norm_eps is None:
-            norm_eps = torch.finfo(torch.float32).eps if form == "authors" else 1e-6
+        if norm_eps is None and form == "ours":
+            norm_eps = 1e-6
         if d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {d_model}")
         if rate < 1:
             raise ValueError(f"rate must be >= 1, got {rate}")
         if not isinstance(dynamic, bool):
             raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
-        if not norm_eps >= 0:
-            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
+        if norm_eps is not None and not norm_eps >= 0:
+            raise ValueError(f"norm_eps must be None or >= 0, got {norm_eps}")
         self.d_model, self.rate, self.dynamic, self.norm_eps, self.form = d_model, rate, dynamic, norm_eps, form
         self.n_connections = n_layers * (2 if form == "authors" else 1)
         self.static_alpha = nn.ParameterList()  # per connection: (n, n + 1) = [A_m | A_r], flattened
@@ -121,12 +123,19 @@ class HyperConnections(Strategy):
     def for_model(cls, dims: ModelDims, **options) -> "HyperConnections":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
 
+    def eps(self, dtype: torch.dtype) -> float:
+        """The dynamic norm's epsilon for a model whose activations are ``dtype``: ``norm_eps``, or
+        (when it is ``None``, the authors' form's default) ``dtype``'s machine epsilon."""
+        return torch.finfo(dtype).eps if self.norm_eps is None else self.norm_eps
+
     def connection(
-        self, m: int, hyper: Float[Tensor, "streams batch seq dim"]
+        self, m: int, hyper: Float[Tensor, "streams batch seq dim"], dtype: torch.dtype | None = None
     ) -> tuple[Float[Tensor, "#batch #seq outputs streams"], Float[Tensor, "#streams #batch #seq 1"]]:
         """Connection ``m``'s weights from :math:`H` (``m`` is the block for ``form="ours"``,
         ``2·layer + sublayer`` for ``"authors"``): ``alpha`` as ``(…, 1 + n, n)`` (row 0 is
-        :math:`A_m^\\top`, rows ``1..n`` are :math:`A_r^\\top`) and ``beta`` as ``(n, …, 1)``."""
+        :math:`A_m^\\top`, rows ``1..n`` are :math:`A_r^\\top`) and ``beta`` as ``(n, …, 1)``.
+        ``dtype`` is the model's activation dtype (default: ``hyper``'s), which sets the norm's
+        default epsilon (:meth:`eps`)."""
         if not 0 <= m < self.n_connections:
             raise ValueError(f"connection index must be in [0, {self.n_connections}), got {m}")
         n = self.rate
@@ -136,22 +145,22 @@ class HyperConnections(Strategy):
             return alpha.t()[None, None], beta.view(n, 1, 1, 1)
         proj = self.proj[m] if self.form == "ours" else self.proj[m] * self.norm_scale[m]  # (g ⊙ x) W = x (g W)
         # RMSNorm(H) W = rstd(H) · (H W): backward keeps H (kept anyway), not a normalised copy
-        rstd = torch.rsqrt(hyper.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        rstd = torch.rsqrt(hyper.pow(2).mean(-1, keepdim=True) + self.eps(dtype or hyper.dtype))
         dyn = torch.tanh((hyper @ proj.to(hyper.dtype).t()) * rstd)  # (n, batch, seq, n + 2)
         s_alpha, s_beta = self.scales[m].to(hyper.dtype).unbind(0)
         alpha = s_alpha * dyn[..., : n + 1] + alpha.view(n, 1, 1, n + 1)  # (n, batch, seq, n + 1)
         beta = s_beta * dyn[..., n + 1 :] + beta.view(n, 1, 1, 1)
         return alpha.permute(1, 2, 3, 0), beta
 
-    def _enter(self, m: int, hyper: Tensor) -> HyperState:
-        alpha, beta = self.connection(m, hyper)
+    def _enter(self, m: int, hyper: Tensor, dtype: torch.dtype) -> HyperState:
+        alpha, beta = self.connection(m, hyper, dtype)
         mixed = depth_aggregate(hyper, alpha)  # (1 + n, batch, seq, dim)
         # the block saves h: a copy of its own lets ``mixed`` be freed after this residual
         return HyperState(mixed[0].clone(memory_format=torch.contiguous_format), mixed[1:], beta)
 
     def init_state(self, x0: Float[Tensor, "batch seq dim"], tokens=None) -> tuple[BlockInput, HyperState]:
         mix_dtype = torch.promote_types(x0.dtype, torch.float32)
-        state = self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape).contiguous())
+        state = self._enter(0, x0.to(mix_dtype).expand(self.rate, *x0.shape).contiguous(), x0.dtype)
         return BlockInput(state.h.to(x0.dtype)), state
 
     def residual(self, layer: int, sublayer: int, x: Tensor, out: Tensor, state: HyperState | None):
@@ -173,7 +182,7 @@ class HyperConnections(Strategy):
         hyper = (state.carried + state.beta * out.to(state.carried.dtype)).contiguous()
         if m == self.n_connections:
             return hyper.sum(0).to(x.dtype), None
-        state = self._enter(m, hyper)
+        state = self._enter(m, hyper, x.dtype)
         return state.h.to(x.dtype), state
 
     def extra_repr(self) -> str:
