@@ -11,6 +11,7 @@ from recipes.lm.config import ModelConfig
 from recipes.lm.generate import generate
 from blocks import rope_tables
 from recipes.lm.model import CausalLM, KVCache
+from forms import FORM_IDS, FORMS
 from value_routing import STRATEGIES
 from value_routing.kernels import gate_mix_reference
 
@@ -43,9 +44,9 @@ def tokens(batch, seq, vocab=61, seed=0):
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("strategy", ALL_REGISTERED)
-def test_causality_every_registered_strategy(strategy):
-    model = model_for(tiny(strategy))
+@pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)
+def test_causality_every_registered_strategy(strategy, options):
+    model = model_for(tiny(strategy, options))
     x = tokens(2, 12)
     for t in (0, 5, 10):
         y = x.clone()
@@ -70,9 +71,9 @@ def test_decode_equals_full_forward(strategy, options, split, kv_heads):
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
 
 
-@pytest.mark.parametrize("strategy", ALL_REGISTERED)
-def test_decode_equals_full_forward_every_registered_strategy(strategy):
-    cfg = tiny(strategy)
+@pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)
+def test_decode_equals_full_forward_every_registered_strategy(strategy, options):
+    cfg = tiny(strategy, options)
     model = model_for(cfg)
     x = tokens(1, 9)
     cache = KVCache.allocate(cfg, 1, 9, dtype=torch.float64)
@@ -84,9 +85,9 @@ def test_decode_equals_full_forward_every_registered_strategy(strategy):
     torch.testing.assert_close(torch.cat(outs, 1), model(x).logits)
 
 
-@pytest.mark.parametrize("strategy", ALL_REGISTERED)
-def test_packed_documents_equal_separate_forwards(strategy):
-    model = model_for(tiny(strategy))
+@pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)
+def test_packed_documents_equal_separate_forwards(strategy, options):
+    model = model_for(tiny(strategy, options))
     docs = [tokens(1, n, seed=n) for n in (5, 3, 7)]
     packed = model(torch.cat(docs, dim=1), seq_lens=[5, 3, 7]).logits
     torch.testing.assert_close(packed, torch.cat([model(d).logits for d in docs], dim=1))
