@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recipes.lm.builders import model_config
+from recipes.lm.config import ModelConfig
 from recipes.experiments.study_config import PAPER_STRATEGIES
 from recipes.data import embedded_corpus
 from recipes.experiments import study
@@ -246,3 +247,19 @@ def test_committed_results_are_the_presets_runs(preset):
     done = {run["key"] for run in load_runs(out / "runs.jsonl")}
     missing = [(s["task"], s["variant"]["name"], s["seed"]) for s in study.plan(PRESETS[preset]()) if study.spec_key(s) not in done]
     assert not missing, f"rerun `python -m recipes.experiments.study --preset {preset}`: {missing[:5]}..."
+
+
+def test_added_model_fields_at_their_neutral_value_keep_the_keys(monkeypatch):
+    """A ModelConfig field added after runs were committed leaves their keys alone at the value that
+    reproduces them, and enters the key (and the rebuilt model) at any other value."""
+    cfg = PRESETS["smoke"]()
+    # the keys of a version of the project before the field existed
+    older = [{**s, "model": {k: v for k, v in s["model"].items() if k != "tie_embeddings"}} for s in study.plan(cfg)]
+    before = [study.spec_key(s) for s in older]
+    monkeypatch.setattr(study, "ADDED_FIELDS", {"tie_embeddings": True})
+    specs = study.plan(cfg)
+    assert [study.spec_key(s) for s in specs] == before  # the smoke models tie: the neutral value
+    assert all("tie_embeddings" not in s["model"] for s in specs)
+    assert ModelConfig(**specs[0]["model"]) == study_model_config(cfg.variants[0], cfg.shape, 256, 16)
+    monkeypatch.setattr(study, "ADDED_FIELDS", {"tie_embeddings": False})
+    assert not set(study.spec_key(s) for s in study.plan(cfg)) & set(before)

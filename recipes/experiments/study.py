@@ -33,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
+from recipes.lm.config import ModelConfig
 from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
 from recipes.experiments.study_plots import plot
 from recipes.experiments.study_report import load_runs, write_report
@@ -44,6 +45,17 @@ STUDY_VERSION: dict[str, int] = {"lm": 1, "mqar": 2}
 #: Model fields that change how a run executes, not what it computes (gradients are identical,
 #: tested): left out of specs, so adding such a field never invalidates finished runs.
 EXECUTION_ONLY = ("activation_checkpointing",)
+#: Model fields added after runs were committed, with the value that reproduces the model those runs
+#: trained: a field at that value is left out of the spec, so growing ModelConfig (a new option whose
+#: default changes nothing) keeps every finished run's key. Set to anything else, it enters the key.
+ADDED_FIELDS: dict[str, Any] = {}
+
+
+def model_spec(model: ModelConfig) -> dict[str, Any]:
+    """The model part of a run's spec: every field but :data:`EXECUTION_ONLY` and the
+    :data:`ADDED_FIELDS` left at their neutral values."""
+    return {k: v for k, v in asdict(model).items()
+            if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 #: Where each preset writes by default: the committed results the docs and the demo read.
 DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke"}
 
@@ -59,7 +71,7 @@ def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
                 model = study_model_config(variant, task.shape or cfg.shape, task.vocab_size, task.max_seq_len)
                 specs.append({
                     "version": STUDY_VERSION[task_name], "task": task_name, "seed": seed, "variant": asdict(variant),
-                    "model": {k: v for k, v in asdict(model).items() if k not in EXECUTION_ONLY}, "train": {**asdict(task.train), "seed": seed},
+                    "model": model_spec(model), "train": {**asdict(task.train), "seed": seed},
                     "mqar": asdict(task.mqar) if task.mqar else None, "corpus_bytes": task.corpus_bytes,
                     # the embedded corpus is this Python's standard library
                     "python": None if task.mqar else "%d.%d" % sys.version_info[:2],
