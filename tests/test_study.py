@@ -264,3 +264,38 @@ def test_added_model_fields_at_their_neutral_value_keep_the_keys(monkeypatch):
     assert ModelConfig(**specs[0]["model"]) == study_model_config(cfg.variants[0], cfg.shape, 256, task.max_seq_len)
     monkeypatch.setattr(study, "ADDED_FIELDS", {"tie_embeddings": False})
     assert not set(study.spec_key(s) for s in study.plan(cfg)) & set(before)
+
+
+def test_end_of_run_evals_are_recorded_and_keyed(tmp_path, monkeypatch):
+    monkeypatch.setattr("recipes.experiments.study_run.EVAL_WINDOWS", 4)
+    monkeypatch.setattr("recipes.experiments.study_run.EVAL_SEQ_LEN", 16)
+    plain = _cfg(seeds=(0,))
+    cfg = replace(plain, lm=replace(plain.lm, evals=("domains", "probe", "gates")))
+    specs = study.plan(cfg)
+    assert all(s["evals"] == ["domains", "probe", "gates"] for s in specs if s["task"] == "lm")
+    assert "evals" not in study.plan(plain)[0]  # runs without evals keep their keys
+    runs = {r["spec"]["variant"]["name"]: r for r in study.run_study(cfg, tmp_path, progress=False) if r["spec"]["task"] == "lm"}
+    for run in runs.values():
+        assert set(run["domains"]) >= {"val", "prose", "skipped"} and all(
+            0 < run["domains"][d] < 12 for d in ("val", "prose"))
+        assert len(run["probe"]["accuracy"]) == cfg.shape.n_layers + 1
+    assert "gates" in runs["satformer"] and "gates" not in runs["baseline"]
+    assert runs["satformer"]["gates"]["gated_layers"] == list(range(1, cfg.shape.n_layers))
+    fresh = study.run_one(specs[0])  # the same numbers again
+    assert fresh["domains"] == runs[specs[0]["variant"]["name"]]["domains"]
+    assert fresh["probe"] == runs[specs[0]["variant"]["name"]]["probe"]
+    with pytest.raises(ValueError, match="evals must be distinct names among"):
+        replace(plain.lm, evals=("domains", "perplexity"))
+    with pytest.raises(ValueError, match="an MQAR task takes none"):
+        Task(TRAIN, MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2), evals=("probe",))
+
+
+def test_variant_model_overrides_build_and_enter_the_spec_only_when_set():
+    from recipes.experiments.study_config import Variant
+
+    v = Variant("untied", "baseline", model={"tie_embeddings": False})
+    assert study_model_config(v, Shape(32, 2, 2, 1), 256, 16).tie_embeddings is False
+    cfg = _cfg(seeds=(0,))
+    assert all("model" not in s["variant"] for s in study.plan(cfg))
+    with pytest.raises(ValueError, match=r"model overrides cannot set \['n_layers'\]"):
+        Variant("deep", "baseline", model={"n_layers": 3})

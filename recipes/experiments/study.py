@@ -69,14 +69,18 @@ def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
                 if task_name != "lm" and variant.name in cfg.lm_only:
                     continue
                 model = study_model_config(variant, task.shape or cfg.shape, task.vocab_size, task.max_seq_len)
-                specs.append({
-                    "version": STUDY_VERSION[task_name], "task": task_name, "seed": seed, "variant": asdict(variant),
+                spec = {
+                    "version": STUDY_VERSION[task_name], "task": task_name, "seed": seed,
+                    "variant": {k: v for k, v in asdict(variant).items() if k != "model" or v},
                     "model": model_spec(model), "train": {**asdict(task.train), "seed": seed},
                     "mqar": asdict(task.mqar) if task.mqar else None, "corpus_bytes": task.corpus_bytes,
                     # the embedded corpus is this Python's standard library
                     "python": None if task.mqar else "%d.%d" % sys.version_info[:2],
                     "curve_points": cfg.curve_points,
-                })
+                }
+                if task.evals:  # absent when none: the keys of runs from before evals existed stay
+                    spec["evals"] = list(task.evals)
+                specs.append(spec)
     return specs
 
 

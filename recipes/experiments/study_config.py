@@ -14,15 +14,23 @@ from value_routing.strategies import STRATEGIES
 
 @dataclass(frozen=True)
 class Variant:
-    """A named table row: registry ``strategy`` plus ``options`` over its builder's defaults."""
+    """A named table row: registry ``strategy`` plus ``options`` over its builder's defaults, and
+    ``model`` overrides of other :class:`~recipes.lm.config.ModelConfig` fields (the normalization
+    baselines are options of the plain Transformer, not strategies)."""
 
     name: str
     strategy: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"variant {self.name!r}: strategy must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
+        reserved = {"strategy", "strategy_options", "d_model", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                    "max_seq_len"} & set(self.model)
+        if reserved:
+            raise ValueError(f"variant {self.name!r}: model overrides cannot set {sorted(reserved)} (the study's shape "
+                             "and the variant's strategy set them)")
 
 
 #: The six strategies of the SATFormer paper's comparison, in the study's row order.
@@ -63,22 +71,36 @@ def study_model_config(variant: Variant, shape: Shape, vocab_size: int, max_seq_
                 n_kv_heads=shape.n_kv_heads, vocab_size=vocab_size, max_seq_len=max_seq_len)
     if shape.paper_arch:  # keep the preset's FFN ratio at the narrower width
         dims["d_ff"] = SIZES[size]["d_ff"] // SIZES[size]["d_model"] * shape.d_model
-    return model_config(size, variant.strategy, strategy_options=options, **dims)
+    return model_config(size, variant.strategy, strategy_options=options, **dims, **variant.model)
+
+
+#: Evaluations an LM run can add at its end (evaluation only; training is unchanged):
+#: ``domains`` bits/byte on the held-out domains (:mod:`recipes.eval.domains`), ``probe`` the lexical
+#: probe by depth (:mod:`recipes.eval.probe`), ``gates`` SATFormer's gate statistics
+#: (:func:`recipes.eval.analyze.analyze_gates`; runs of other strategies record none).
+LM_EVALS: tuple[str, ...] = ("domains", "probe", "gates")
 
 
 @dataclass(frozen=True)
 class Task:
     """One task's training budget; ``mqar`` set = MQAR accuracy, else LM loss on the embedded
-    corpus (its first ``corpus_bytes``). ``shape`` overrides the study's model shape."""
+    corpus (its first ``corpus_bytes``). ``shape`` overrides the study's model shape; ``evals``
+    (LM only) are run at the end of every run (:data:`LM_EVALS`)."""
 
     train: TrainConfig
     mqar: MQARConfig | None = None
     shape: Shape | None = None
     corpus_bytes: int = 4_000_000
+    evals: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mqar is not None and self.train.seq_len != self.mqar.seq_len:
             raise ValueError(f"train.seq_len ({self.train.seq_len}) must equal mqar.seq_len ({self.mqar.seq_len})")
+        bad = [e for e in self.evals if e not in LM_EVALS]
+        if bad or len(set(self.evals)) != len(self.evals):
+            raise ValueError(f"evals must be distinct names among {LM_EVALS}, got {list(self.evals)}")
+        if self.evals and self.mqar is not None:
+            raise ValueError(f"evals are LM evaluations; an MQAR task takes none, got {list(self.evals)}")
 
     @property
     def vocab_size(self) -> int:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from recipes.lm.config import ModelConfig
 from recipes.data import embedded_corpus, random_batch
+from recipes.eval.analyze import analyze_gates
+from recipes.eval.domains import evaluate_domains, window_starts
 from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_batch
+from recipes.eval.probe import lexical_probe
 from recipes.experiments.demo import evaluate
 from recipes.lm.model import CausalLM
 from recipes.train.loop import TrainConfig, fit
 from recipes.train.loss import lm_loss
 from recipes.train.optim import make_optimizer
+from value_routing.strategies import SelectiveGate
 
 
 @functools.lru_cache(maxsize=2)
@@ -35,6 +39,25 @@ def _windows(losses: list[float], points: int) -> list[list[float]]:
     return [[end, sum(losses[end - ends.step : end]) / ends.step] for end in ends]
 
 
+#: Fixed budgets of the end-of-run evaluations: windows of EVAL_SEQ_LEN bytes per domain and for the probe.
+EVAL_WINDOWS, EVAL_SEQ_LEN = 64, 128
+
+
+def end_evals(model: CausalLM, val: torch.Tensor, evals: Sequence[str]) -> dict[str, Any]:
+    """The evaluations ``evals`` names (:data:`~recipes.experiments.study_config.LM_EVALS`) of a trained
+    LM: ``domains`` (bits/byte per domain), ``probe`` (accuracy by depth × offset on the validation
+    split), ``gates`` (SATFormer's gate statistics on validation windows; skipped for other strategies)."""
+    out: dict[str, Any] = {}
+    if "domains" in evals:
+        out["domains"] = evaluate_domains(model, val, EVAL_SEQ_LEN, EVAL_WINDOWS)
+    if "probe" in evals:
+        out["probe"] = lexical_probe(model, val, EVAL_SEQ_LEN, EVAL_WINDOWS)
+    if "gates" in evals and isinstance(model.strategy, SelectiveGate):
+        starts = window_starts(len(val), EVAL_SEQ_LEN - 1, EVAL_WINDOWS)
+        out["gates"] = analyze_gates(model, torch.stack([val[s : s + EVAL_SEQ_LEN] for s in starts]).long())
+    return out
+
+
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec["model"]`` with ``spec["train"]`` on ``spec["task"]``, on one thread.
 
@@ -42,7 +65,8 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     Returns the metric (``val_loss`` or ``accuracy``), the training-loss ``curve``
     (``[step, mean loss over the window ending there]``), ``params`` and training ``seconds``;
     MQAR runs also the ``accuracy_curve`` (``[step, held-out accuracy]`` at every window's end,
-    ``seconds`` including these evaluations).
+    ``seconds`` including these evaluations); LM runs whose spec lists ``evals`` also what
+    :func:`end_evals` returns.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results independent of --workers (and no oversubscription)
@@ -72,7 +96,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         losses = fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step)
         seconds = time.perf_counter() - start
         if spec["task"] == "lm":
-            metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg)}
+            metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg), **end_evals(model, val, spec.get("evals", ()))}
         else:
             metric = {"accuracy": evaluate_mqar(model, task, batches=cfg.eval_batches),
                       "accuracy_curve": accuracy_curve}
