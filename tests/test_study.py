@@ -272,7 +272,8 @@ def test_end_of_run_evals_are_recorded_and_keyed(tmp_path, monkeypatch):
     plain = _cfg(seeds=(0,))
     cfg = replace(plain, lm=replace(plain.lm, evals=("domains", "probe", "gates")))
     specs = study.plan(cfg)
-    assert all(s["evals"] == ["domains", "probe", "gates"] for s in specs if s["task"] == "lm")
+    assert all(s["evals"] == {"names": ["domains", "probe", "gates"], "version": study.EVALS_VERSION}
+               for s in specs if s["task"] == "lm")
     assert "evals" not in study.plan(plain)[0]  # runs without evals keep their keys
     runs = {r["spec"]["variant"]["name"]: r for r in study.run_study(cfg, tmp_path, progress=False) if r["spec"]["task"] == "lm"}
     for run in runs.values():

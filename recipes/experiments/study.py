@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
 from recipes.lm.config import ModelConfig
-from recipes.experiments.study_config import PRESETS, VARIANTS, StudyConfig, study_model_config
+from recipes.experiments.study_config import PRESETS, SWEEP_LRS, VARIANTS, StudyConfig, study_model_config
 from recipes.experiments.study_plots import plot
 from recipes.experiments.study_report import load_runs, write_report
 from recipes.experiments.study_run import execute
@@ -57,7 +57,10 @@ def model_spec(model: ModelConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(model).items()
             if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 #: Where each preset writes by default: the committed results the docs and the demo read.
-DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke"}
+DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke",
+               **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS}}
+#: Bumped when what the end-of-run evaluations compute changes (their results enter the run).
+EVALS_VERSION = 1
 
 
 def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -79,7 +82,7 @@ def plan(cfg: StudyConfig) -> list[dict[str, Any]]:
                     "curve_points": cfg.curve_points,
                 }
                 if task.evals:  # absent when none: the keys of runs from before evals existed stay
-                    spec["evals"] = list(task.evals)
+                    spec["evals"] = {"names": list(task.evals), "version": EVALS_VERSION}
                 specs.append(spec)
     return specs
 

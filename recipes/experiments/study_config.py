@@ -235,7 +235,29 @@ def published_preset() -> StudyConfig:
     )
 
 
+#: The budget ladder of the evidence issue: the published LM budget (250 steps) × 4 and × 16, with
+#: the published model (:func:`published_preset`'s shape) and data.
+LADDER_STEPS: tuple[int, ...] = (1000, 4000)
+#: The baseline-only learning-rate sweep at 1000 steps: the published lr and half a decade either side.
+#: The ladder reuses the sweep's best lr for every variant at every budget (never tuned per variant).
+SWEEP_LRS: dict[str, float] = {"1e-3": 1e-3, "3e-3": 3e-3, "1e-2": 1e-2}
+#: What every ladder run evaluates at its end.
+LADDER_EVALS: tuple[str, ...] = LM_EVALS
+
+
+def ladder_train(steps: int, lr: float) -> TrainConfig:
+    """The published LM budget at ``steps`` and ``lr``; warmup stays 10 % of the steps (25 of 250)."""
+    return TrainConfig(steps=steps, batch_size=16, seq_len=128, lr=lr, warmup=steps // 10, eval_batches=16)
+
+
+def sweep_preset(lr: str) -> StudyConfig:
+    """The baseline alone at 1000 steps and learning rate ``SWEEP_LRS[lr]``, seeds 0 and 1."""
+    return StudyConfig(variants=_variants("baseline"), seeds=(0, 1), shape=Shape(128, 8, 4, 2),
+                       lm=Task(ladder_train(LADDER_STEPS[0], SWEEP_LRS[lr]), evals=LADDER_EVALS))
+
+
 #: ``--preset`` choices.
 PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "published": published_preset, "demo": demo_preset, "smoke": smoke_preset,
+    **{f"sweep-lr{lr}": (lambda lr=lr: sweep_preset(lr)) for lr in SWEEP_LRS},
 }

@@ -96,7 +96,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         losses = fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step)
         seconds = time.perf_counter() - start
         if spec["task"] == "lm":
-            metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg), **end_evals(model, val, spec.get("evals", ()))}
+            metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg), **end_evals(model, val, spec["evals"]["names"] if "evals" in spec else ())}
         else:
             metric = {"accuracy": evaluate_mqar(model, task, batches=cfg.eval_batches),
                       "accuracy_curve": accuracy_curve}
