@@ -32,7 +32,9 @@ from value_routing.typing import Float, Tensor
 @dataclass(frozen=True)
 class BlockSpec:
     """What a block factory needs to build block ``layer``: widths, norms, and whether the strategy
-    wants separate query/key/value input norms (``Strategy.separate_qkv_norms``)."""
+    wants separate query/key/value input norms (``Strategy.separate_qkv_norms``). ``norm_scale``
+    multiplies every pre-norm output (LayerNorm Scaling's ``1/√ℓ``); ``peri_norm`` adds a learned
+    norm on each sublayer's output before the residual (Peri-LN / sandwich norm)."""
 
     layer: int
     d_model: int
@@ -43,6 +45,8 @@ class BlockSpec:
     norm_eps: float = 1e-6
     qk_norm_eps: float = 1e-6
     separate_qkv_norms: bool = False
+    norm_scale: float = 1.0
+    peri_norm: bool = False
 
 
 #: Block factories by name (``ModelConfig.block``): ``factory(spec: BlockSpec) -> nn.Module``.
@@ -52,6 +56,10 @@ BLOCKS: Registry[Callable[[BlockSpec], nn.Module]] = Registry("block", "block")
 @BLOCKS.register("transformer")
 class TransformerBlock(nn.Module):
     """``a = x + Attn(norm(q), norm(k), norm(v)); y = a + SwiGLU(norm(a))``.
+
+    With ``spec.norm_scale = s`` every ``norm(·)`` above is ``s · norm(·)``; with ``spec.peri_norm``
+    each sublayer output is normed once more before the residual: ``x + norm'(Attn(...))``,
+    ``a + norm''(SwiGLU(...))`` (own learned scales, initialised to 1).
 
     ``q``, ``k`` and ``v`` are the residual input unless the strategy supplies its own (as
     MUDDFormer does); with ``separate_qkv_norms`` each gets its own learned norm (the MUDDFormer
@@ -70,12 +78,24 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(spec.d_model, spec.n_heads, spec.n_kv_heads, spec.qk_norm, spec.qk_norm_eps)
         self.ffn_norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.ffn = SwiGLU(spec.d_model, spec.d_ff)
+        self.norm_scale = spec.norm_scale
+        self.attn_out_norm = RMSNorm(spec.d_model, spec.norm_eps) if spec.peri_norm else None
+        self.ffn_out_norm = RMSNorm(spec.d_model, spec.norm_eps) if spec.peri_norm else None
+
+    def _pre(self, norm: RMSNorm, x: Tensor) -> Tensor:
+        return norm(x) if self.norm_scale == 1.0 else norm(x) * self.norm_scale
+
+    @staticmethod
+    def _post(norm: RMSNorm | None, out: Tensor) -> Tensor:
+        return out if norm is None else norm(out)
 
     def _normed_inputs(self, inp: BlockInput) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.attn_norm(inp.x if inp.q is None else inp.q)
+        norm = self.attn_norm
+        h = self._pre(norm, inp.x if inp.q is None else inp.q)
         if self.attn_norm_k is None or self.attn_norm_v is None:
-            return h, h if inp.k is None else self.attn_norm(inp.k), h if inp.v is None else self.attn_norm(inp.v)
-        return h, self.attn_norm_k(inp.x if inp.k is None else inp.k), self.attn_norm_v(inp.x if inp.v is None else inp.v)
+            return h, h if inp.k is None else self._pre(norm, inp.k), h if inp.v is None else self._pre(norm, inp.v)
+        return (h, self._pre(self.attn_norm_k, inp.x if inp.k is None else inp.k),
+                self._pre(self.attn_norm_v, inp.x if inp.v is None else inp.v))
 
     def forward(
         self, inp: BlockInput, strategy: Strategy, state: Any, ctx: AttentionContext, cache: LayerCache | None = None
@@ -83,8 +103,9 @@ class TransformerBlock(nn.Module):
         hq, hk, hv = self._normed_inputs(inp)
         q, k, v, logits = self.attn.project(hq, hk, hv, strategy.value_projection(self.layer))
         v, state = strategy.mix_value(self.layer, v, hv, state, logits=logits)
-        a, state = strategy.residual(self.layer, 0, inp.x, self.attn.attend(q, k, v, ctx, cache), state)
-        return strategy.residual(self.layer, 1, a, self.ffn(self.ffn_norm(a)), state)
+        attn = self._post(self.attn_out_norm, self.attn.attend(q, k, v, ctx, cache))
+        a, state = strategy.residual(self.layer, 0, inp.x, attn, state)
+        return strategy.residual(self.layer, 1, a, self._post(self.ffn_out_norm, self.ffn(self._pre(self.ffn_norm, a))), state)
 
     def reset_parameters(self, std: float, out_std: float) -> None:
         """N(0, ``std``) for the input projections, N(0, ``out_std``) for the two that write into the stream."""

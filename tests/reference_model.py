@@ -5,7 +5,8 @@ It imports nothing from ``value_routing``, ``blocks`` or ``recipes``: parameters
 name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer and per head:
 
 * pre-norm block ``a = x + Attn(norm(x_q), norm(x_k), norm(x_v))``, ``y = a + SwiGLU(norm(a))``
-  with ``RMSNorm(x) = x / sqrt(mean(x²) + eps) · w``;
+  with ``RMSNorm(x) = x / sqrt(mean(x²) + eps) · w`` (LayerNorm Scaling: every ``norm`` of block
+  ``i`` times ``1/sqrt(i + 1)``; Peri-LN: each sublayer output normed again before the ``+``);
 * attention per query head ``h`` with kv-head ``h // (heads / kv_heads)`` (GQA),
   ``softmax(q kᵀ / sqrt(head_dim) + causal mask) v``, optional qk-norm (RMSNorm over
   ``head_dim``) before RoPE; RoPE rotates channel pairs ``(i, i + head_dim/2)`` by
@@ -46,6 +47,8 @@ class Spec:
     qk_norm: bool = False
     qk_norm_eps: float | None = None  # None: norm_eps
     tie_embeddings: bool = True
+    layernorm_scaling: bool = False  # pre-norm outputs of block i (0-based) × 1/sqrt(i + 1)
+    peri_norm: bool = False  # a learned RMSNorm on each sublayer output before the residual
     strategy: str = "baseline"
     options: dict[str, Any] = field(default_factory=dict)
     #: The model stores its RoPE cos/sin tables in float32 (computed in float64, then rounded);
@@ -135,7 +138,8 @@ def block(
     b, t, _ = x.shape
     H, KV, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
     names = ("attn_norm", "attn_norm_k", "attn_norm_v") if routing.separate_qkv_norms else ("attn_norm",) * 3
-    hq, hk, hv = (rms_norm(z, p[pre + name + ".weight"], spec.norm_eps) for z, name in zip((xq, xk, xv), names))
+    scale = 1 / math.sqrt(i + 1) if spec.layernorm_scaling else 1.0
+    hq, hk, hv = (scale * rms_norm(z, p[pre + name + ".weight"], spec.norm_eps) for z, name in zip((xq, xk, xv), names))
     wqkv = p[pre + "attn.wqkv.weight"]
     wq, wk, wv = wqkv[: H * d], wqkv[H * d : (H + KV) * d], wqkv[(H + KV) * d :]
     q = (hq @ wq.T).view(b, t, H, d)
@@ -147,12 +151,18 @@ def block(
         q = rms_norm(q, p[pre + "attn.q_norm.weight"], eps)
         k = rms_norm(k, p[pre + "attn.k_norm.weight"], eps)
     q, k = rope(q, positions, spec), rope(k, positions, spec)
-    a = routing.residual(i, 0, x, attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T)
-    h = rms_norm(a, p[pre + "ffn_norm.weight"], spec.norm_eps)
+    attn = attention(q, k, v).reshape(b, t, H * d) @ p[pre + "attn.wo.weight"].T
+    if spec.peri_norm:
+        attn = rms_norm(attn, p[pre + "attn_out_norm.weight"], spec.norm_eps)
+    a = routing.residual(i, 0, x, attn)
+    h = scale * rms_norm(a, p[pre + "ffn_norm.weight"], spec.norm_eps)
     w13 = p[pre + "ffn.w13.weight"]
     d_ff = spec.d_ff if isinstance(spec.d_ff, int) else spec.d_ff[i]
     w1, w3 = w13[:d_ff], w13[d_ff:]
-    return routing.residual(i, 1, a, (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T), v_raw
+    mlp = (silu(h @ w1.T) * (h @ w3.T)) @ p[pre + "ffn.w2.weight"].T
+    if spec.peri_norm:
+        mlp = rms_norm(mlp, p[pre + "ffn_out_norm.weight"], spec.norm_eps)
+    return routing.residual(i, 1, a, mlp), v_raw
 
 
 def forward(p: Params, spec: Spec, tokens: torch.Tensor) -> torch.Tensor:

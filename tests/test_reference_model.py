@@ -16,6 +16,11 @@ CASES = [
     ("baseline", {}, {}),
     ("baseline", {}, {"qk_norm": True, "tie_embeddings": False}),
     ("baseline", {}, {"qk_norm": True, "qk_norm_eps": 1e-3, "ffn_realloc": True}),  # paper-preset fields
+    ("baseline", {}, {"layernorm_scaling": True}),  # the normalization baselines of the evidence issue
+    ("baseline", {}, {"peri_norm": True, "qk_norm": True}),
+    ("baseline", {}, {"peri_norm": True, "layernorm_scaling": True, "tie_embeddings": False}),
+    ("satformer", {}, {"peri_norm": True, "layernorm_scaling": True}),
+    ("mudd", {"form": "authors"}, {"layernorm_scaling": True}),  # scaled separate q/k/v norms
     # fixed λ are float32 buffers (0.3 would round): values exact in float32
     ("static", {"mode": "fixed", "lambda1": 0.375, "lambda2": 0.75}, {}),
     ("static", {"mode": "learnable"}, {"qk_norm": True}),
@@ -55,7 +60,7 @@ def spec(cfg: ModelConfig) -> ref.Spec:
     return ref.Spec(
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         d_ff=cfg.d_ff_per_layer, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
-        qk_norm_eps=cfg.qk_norm_eps,
+        qk_norm_eps=cfg.qk_norm_eps, layernorm_scaling=cfg.layernorm_scaling, peri_norm=cfg.peri_norm,
         tie_embeddings=cfg.tie_embeddings, strategy=cfg.strategy, options=dict(cfg.strategy_options),
     )
 

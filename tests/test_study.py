@@ -256,13 +256,13 @@ def test_added_model_fields_at_their_neutral_value_keep_the_keys(monkeypatch):
     # the keys of a version of the project before the field existed
     older = [{**s, "model": {k: v for k, v in s["model"].items() if k != "tie_embeddings"}} for s in study.plan(cfg)]
     before = [study.spec_key(s) for s in older]
-    monkeypatch.setattr(study, "ADDED_FIELDS", {"tie_embeddings": True})
+    monkeypatch.setattr(study, "ADDED_FIELDS", {**study.ADDED_FIELDS, "tie_embeddings": True})
     specs = study.plan(cfg)
     assert [study.spec_key(s) for s in specs] == before  # the smoke models tie: the neutral value
     assert all("tie_embeddings" not in s["model"] for s in specs)
     task = cfg.tasks[specs[0]["task"]]
     assert ModelConfig(**specs[0]["model"]) == study_model_config(cfg.variants[0], cfg.shape, 256, task.max_seq_len)
-    monkeypatch.setattr(study, "ADDED_FIELDS", {"tie_embeddings": False})
+    monkeypatch.setattr(study, "ADDED_FIELDS", {**study.ADDED_FIELDS, "tie_embeddings": False})
     assert not set(study.spec_key(s) for s in study.plan(cfg)) & set(before)
 
 

@@ -48,7 +48,7 @@ EXECUTION_ONLY = ("activation_checkpointing",)
 #: Model fields added after runs were committed, with the value that reproduces the model those runs
 #: trained: a field at that value is left out of the spec, so growing ModelConfig (a new option whose
 #: default changes nothing) keeps every finished run's key. Set to anything else, it enters the key.
-ADDED_FIELDS: dict[str, Any] = {}
+ADDED_FIELDS: dict[str, Any] = {"layernorm_scaling": False, "peri_norm": False}
 
 
 def model_spec(model: ModelConfig) -> dict[str, Any]:

@@ -66,6 +66,13 @@ class ModelConfig:
     to re-derive one after changing what it depends on. ``ffn_realloc`` gives layer ``i = 1..L`` the
     MUDDFormer width ``(0.5 (L-i) + 1.5 (i-1)) / (L-1) · d_ff`` rounded to a multiple of 256
     (:func:`realloc_ffn_width`).
+
+    Two normalization options of the plain block (the layer-wise baselines reuse is compared with):
+    ``layernorm_scaling`` (LayerNorm Scaling, Sun et al. 2025, "The Curse of Depth in Large Language
+    Models", as its official code runs it) multiplies both pre-norm outputs of block ``ℓ = 1..L`` by
+    ``1/√ℓ``; ``peri_norm`` (Peri-LN, Kim et al. 2025; the sandwich norm of Gemma 2) adds a learned
+    RMSNorm on each sublayer's output before it joins the residual stream,
+    ``x + Norm(Sublayer(Norm(x)))``. Both default to off, which is the plain pre-norm block.
     """
 
     vocab_size: int = 32000
@@ -83,6 +90,8 @@ class ModelConfig:
     init_std: float = 0.02
     out_proj_std: float | None = None
     ffn_realloc: bool = False
+    layernorm_scaling: bool = False
+    peri_norm: bool = False
     strategy: str = "baseline"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     attention_backend: str = "auto"
@@ -111,7 +120,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0{' or None' if name in _DERIVED else ''}, got {value}")
-        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "activation_checkpointing"):
+        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "layernorm_scaling", "peri_norm",
+                     "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_choice(self, "strategy", STRATEGIES)
@@ -152,7 +162,9 @@ class ModelConfig:
     def block_spec(self, layer: int, separate_qkv_norms: bool = False) -> BlockSpec:
         """What the block factory needs to build block ``layer``."""
         return BlockSpec(layer, self.d_model, self.n_heads, self.n_kv_heads, self.d_ff_per_layer[layer], self.qk_norm,
-                         self.norm_eps, self.qk_norm_eps, separate_qkv_norms)
+                         self.norm_eps, self.qk_norm_eps, separate_qkv_norms,
+                         norm_scale=1 / math.sqrt(layer + 1) if self.layernorm_scaling else 1.0,
+                         peri_norm=self.peri_norm)
 
     def with_strategy(self, strategy: str, **options: Any) -> "ModelConfig":
         """A copy of this config running another strategy."""
