@@ -300,3 +300,39 @@ def test_variant_model_overrides_build_and_enter_the_spec_only_when_set():
     assert all("model" not in s["variant"] for s in study.plan(cfg))
     with pytest.raises(ValueError, match=r"model overrides cannot set \['n_layers'\]"):
         Variant("deep", "baseline", model={"n_layers": 3})
+
+
+def _sweep_run(lr, loss):
+    return {"spec": {"train": {"lr": lr}}, "val_loss": loss}
+
+
+def test_sweep_winner_and_the_ladder_presets(monkeypatch):
+    from recipes.experiments import study_config as sc
+
+    runs = [_sweep_run(lr, loss) for lr, loss in ((1e-3, 2.0), (1e-3, 2.2), (3e-3, 1.9), (3e-3, 2.0), (1e-2, 1.8))]
+    with pytest.raises(ValueError, match=r"the sweep is unfinished: learning rates \[0.01\]"):
+        sc.sweep_winner(runs)
+    assert sc.sweep_winner([*runs, _sweep_run(1e-2, 2.3)]) == 3e-3  # means 2.1, 1.95, 2.05
+    assert sc.sweep_winner([*runs, _sweep_run(1e-2, 1.9)]) == 1e-2
+    monkeypatch.setattr(sc, "LADDER_LR", None)
+    with pytest.raises(ValueError, match="run the sweep-lr\\* presets first"):
+        PRESETS["ladder-1000"]()
+    monkeypatch.setattr(sc, "LADDER_LR", 3e-3)
+    for steps, (variants, seeds) in sc.LADDER_RUNGS.items():
+        cfg = PRESETS[f"ladder-{steps}"]()
+        assert cfg.lm.train.steps == steps and cfg.lm.train.lr == 3e-3 and cfg.lm.train.warmup == steps // 10
+        assert [v.name for v in cfg.variants] == list(variants) and cfg.seeds == seeds
+        assert cfg.lm.evals == sc.LM_EVALS and cfg.mqar is None
+    models = {s["variant"]["name"]: s["model"] for s in study.plan(PRESETS["ladder-1000"]()) if s["seed"] == 0}
+    assert models["layernorm-scaling"]["layernorm_scaling"] is True and "peri_norm" not in models["layernorm-scaling"]
+    assert models["peri-ln"]["peri_norm"] is True and "layernorm_scaling" not in models["baseline"]
+
+
+def test_the_ladder_lr_is_the_committed_sweeps_winner():
+    from recipes.experiments import study_config as sc
+
+    if sc.LADDER_LR is None:
+        pytest.skip("the learning-rate sweep has not finished yet (LADDER_LR unset)")
+    root = Path(__file__).resolve().parents[1]
+    runs = [r for lr in sc.SWEEP_LRS for r in load_runs(root / study.DEFAULT_OUT[f"sweep-lr{lr}"] / "runs.jsonl")]
+    assert sc.LADDER_LR == sc.sweep_winner(runs)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
 from recipes.lm.config import ModelConfig
-from recipes.experiments.study_config import PRESETS, SWEEP_LRS, VARIANTS, StudyConfig, study_model_config
+from recipes.experiments.study_config import LADDER_RUNGS, PRESETS, SWEEP_LRS, VARIANTS, StudyConfig, study_model_config
 from recipes.experiments.study_plots import plot
 from recipes.experiments.study_report import load_runs, write_report
 from recipes.experiments.study_run import execute
@@ -58,7 +58,8 @@ def model_spec(model: ModelConfig) -> dict[str, Any]:
             if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 #: Where each preset writes by default: the committed results the docs and the demo read.
 DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke",
-               **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS}}
+               **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS},
+               **{f"ladder-{steps}": f"docs/results/ladder/steps-{steps}" for steps in LADDER_RUNGS}}
 #: Bumped when what the end-of-run evaluations compute changes (their results enter the run).
 EVALS_VERSION = 1
 

@@ -43,6 +43,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("satformer-last4", "satformer", {"last_k": 4}),
     # relu gates start nearly closed; a 0.5 bias starts them half open, as static's λ1 = 0.5
     Variant("satformer-bias", "satformer", {"bias_init": 0.5}),
+    # the layer-wise normalization baselines (evidence issue): options of the plain Transformer
+    Variant("layernorm-scaling", "baseline", model={"layernorm_scaling": True}),
+    Variant("peri-ln", "baseline", model={"peri_norm": True}),
 )}
 
 
@@ -250,6 +253,39 @@ def ladder_train(steps: int, lr: float) -> TrainConfig:
     return TrainConfig(steps=steps, batch_size=16, seq_len=128, lr=lr, warmup=steps // 10, eval_batches=16)
 
 
+#: The sweep's best learning rate (lowest mean validation loss of the baseline over the sweep's seeds),
+#: set once the sweep's runs are committed (tests check it against them); ``None`` until then.
+LADDER_LR: float | None = None
+#: The ladder's rungs: (variants, seeds) per budget, in the evidence issue's priority order.
+LADDER_RUNGS: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    1000: (("baseline", "static", "satformer", "satformer-bias", "layernorm-scaling", "peri-ln"), (0, 1, 2, 3, 4)),
+    4000: (("baseline", "static", "satformer"), (0, 1, 2)),
+}
+
+
+def sweep_winner(runs: Sequence[Mapping[str, Any]]) -> float:
+    """The learning rate whose finished sweep runs have the lowest mean validation loss; every
+    :data:`SWEEP_LRS` value must have all its seeds."""
+    by_lr: dict[float, list[float]] = {}
+    for run in runs:
+        by_lr.setdefault(run["spec"]["train"]["lr"], []).append(run["val_loss"])
+    seeds = len(sweep_preset(next(iter(SWEEP_LRS))).seeds)
+    missing = [lr for lr in SWEEP_LRS.values() if len(by_lr.get(lr, ())) < seeds]
+    if missing:
+        raise ValueError(f"the sweep is unfinished: learning rates {missing} lack some of their {seeds} seeds")
+    return min(SWEEP_LRS.values(), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+
+
+def ladder_preset(steps: int) -> StudyConfig:
+    """The rung of ``steps`` steps: its variants and seeds (:data:`LADDER_RUNGS`) at :data:`LADDER_LR`."""
+    if LADDER_LR is None:
+        raise ValueError("the ladder's learning rate is the sweep's winner: run the sweep-lr* presets first "
+                         "and set study_config.LADDER_LR")
+    variants, seeds = LADDER_RUNGS[steps]
+    return StudyConfig(variants=_variants(*variants), seeds=seeds, shape=Shape(128, 8, 4, 2),
+                       lm=Task(ladder_train(steps, LADDER_LR), evals=LADDER_EVALS))
+
+
 def sweep_preset(lr: str) -> StudyConfig:
     """The baseline alone at 1000 steps and learning rate ``SWEEP_LRS[lr]``, seeds 0 and 1."""
     return StudyConfig(variants=_variants("baseline"), seeds=(0, 1), shape=Shape(128, 8, 4, 2),
@@ -260,4 +296,5 @@ def sweep_preset(lr: str) -> StudyConfig:
 PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "published": published_preset, "demo": demo_preset, "smoke": smoke_preset,
     **{f"sweep-lr{lr}": (lambda lr=lr: sweep_preset(lr)) for lr in SWEEP_LRS},
+    **{f"ladder-{steps}": (lambda steps=steps: ladder_preset(steps)) for steps in LADDER_RUNGS},
 }
