@@ -187,7 +187,10 @@ class AttentionResiduals(Strategy):
         mixed = x0.to(torch.promote_types(x0.dtype, torch.float32))
         return BlockInput(x0), AttnResState(init_depth_states(mixed, self.n_slots, self.impl))
 
-    def residual(self, layer: int, sublayer: int, x: Tensor, out: Tensor, state: AttnResState | None):
+    def residual(
+        self, layer: int, sublayer: int, x: Float[Tensor, "batch seq dim"], out: Float[Tensor, "batch seq dim"],
+        state: AttnResState | None,
+    ) -> tuple[Float[Tensor, "batch seq dim"], AttnResState]:
         """Add sublayer ``sublayer``'s output to the sources and return the next input: the MLP's
         (``sublayer=0``), the next attention's or, after the last MLP, the final norm's."""
         check_layer(layer, self.n_layers)
