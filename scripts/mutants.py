@@ -40,6 +40,7 @@ CLI_TESTS = ("tests/test_cli_errors.py",)
 TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
 SAMPLING_TESTS = ("tests/test_sampling.py",)
 SHARD_TESTS = ("tests/test_shards.py",)
+ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -236,6 +237,20 @@ MUTANTS = [
            "return key, text", CLI_TESTS),
     Mutant("cli: config ValueError escapes as a traceback", "recipes/lm/cli.py",
            "except (ValueError, FileNotFoundError) as err:", "except FileNotFoundError as err:", CLI_TESTS),
+    # Attention Residuals (attnres)
+    Mutant("attnres: completed block also kept as the partial sum", STRATEGIES + "attention_residuals.py",
+           "blocks, partial = append_depth_state(blocks, partial), None",
+           "blocks, partial = append_depth_state(blocks, partial), partial", ATTNRES_TESTS),
+    Mutant("attnres: block boundary one sublayer late", STRATEGIES + "attention_residuals.py",
+           "if m % self.block_size == 0:", "if (m - 1) % self.block_size == 0 and m > 1:", ATTNRES_TESTS),
+    Mutant("attnres: key-norm scale ignored", STRATEGIES + "attention_residuals.py",
+           "u = self.queries[m - 1].to(dtype) * self.key_scales[m - 1].to(dtype)",
+           "u = self.queries[m - 1].to(dtype)", ATTNRES_TESTS),
+    Mutant("attnres: backward drops the key norm's term", STRATEGIES + "attention_residuals.py",
+           "grads.append(a * grad + b1 * u - b2 * g)", "grads.append(a * grad + b1 * u)", ATTNRES_TESTS),
+    Mutant("attnres: Block buffer sized like Full", STRATEGIES + "attention_residuals.py",
+           "return 1 + 2 * self.n_layers // self.block_size", "return 1 + 2 * self.n_layers",
+           ("tests/test_bench_depth.py",)),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic

@@ -12,6 +12,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("dense", {"dilation": 2, "period": 2}),
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
+    ("attnres", {"block_size": 2}),
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

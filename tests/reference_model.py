@@ -378,6 +378,30 @@ def _col(w: torch.Tensor) -> torch.Tensor:
     return w if w.dim() == 0 else w[..., None]
 
 
+class AttnRes(Routing):
+    """``h_m = Σ_i softmax_i(w_m · RMSNorm_m(v_i)) v_i`` before sublayer ``m = 1..2L-1`` and the final norm
+    (``m = 2L``); sources: the embedding, then the outputs ``o_0..o_{m-1}`` summed in consecutive
+    groups of ``block_size`` (the last group may be partial; ``block_size=1``: every output)."""
+
+    def start(self, x0, tokens):
+        self.x, self.outputs = x0, [x0]  # outputs[0]: the embedding, then o_0, o_1, ...
+
+    def residual(self, i, sublayer, x, out):
+        self.outputs.append(out)
+        m, size, p = 2 * i + sublayer + 1, self.opt.get("block_size", 1), self.p
+        sources = [self.outputs[0]]
+        for first in range(0, m, size):
+            sources.append(sum(self.outputs[1 + j] for j in range(first, min(first + size, m))))
+        w, g = p[f"strategy.queries.{m - 1}"], p[f"strategy.key_scales.{m - 1}"]
+        eps = self.opt.get("norm_eps", 1e-6)
+        logits = torch.stack([(rms_norm(v, g, eps) * w).sum(-1) for v in sources], dim=-1)
+        alpha = softmax(logits)
+        return sum(alpha[..., n, None] * v for n, v in enumerate(sources))
+
+    def leave(self, i, y):
+        self.x = y
+
+
 ROUTINGS: dict[str, type[Routing]] = {
     "baseline": Routing,
     "static": Static,
@@ -385,4 +409,5 @@ ROUTINGS: dict[str, type[Routing]] = {
     "dense": DenseFormer,
     "mudd": MUDDFormer,
     "hyper": HyperConnections,
+    "attnres": AttnRes,
 }

@@ -45,6 +45,11 @@ CASES = [
     ("hyper", {"form": "authors"}, {}),
     ("hyper", {"form": "authors", "rate": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
     ("hyper", {"form": "authors", "rate": 2, "dynamic": False}, {}),
+    ("attnres", {}, {}),
+    ("attnres", {"impl": "stack", "norm_eps": 1e-3}, {"qk_norm": True}),
+    ("attnres", {"block_size": 2}, {}),
+    ("attnres", {"block_size": 4, "impl": "stack"}, {"n_layers": 6}),
+    ("attnres", {"block_size": 6, "norm_eps": 1e-3}, {"tie_embeddings": False}),  # 10 sublayers: last block partial
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)

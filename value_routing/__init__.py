@@ -7,6 +7,7 @@ from value_routing.registry import Registry
 from value_routing.strategies import (
     DEPTH_IMPLS,
     STRATEGIES,
+    AttentionResiduals,
     BlockInput,
     DenseAggregation,
     DynamicDenseAggregation,
@@ -29,6 +30,7 @@ __all__ = [
     "GATE_ACTIVATIONS",
     "STRATEGIES",
     "AttentionMask",
+    "AttentionResiduals",
     "BlockInput",
     "DenseAggregation",
     "DynamicDenseAggregation",

@@ -2,14 +2,18 @@
 
 ``python -m recipes.bench.depth [--device cpu|cuda] [--compile] [--quick] [--out DIR]``
 
-DenseFormer and MUDDFormer (every registered strategy with an ``impl`` option) build each
-block's input from all earlier states. Inside a full model that routing is a few per cent of a
-train step (see :mod:`recipes.bench.step`), so what its storage costs is hard to see there. This
-benchmark keeps only the routing. Every block is a stand-in of negligible cost,
-``y = x + c_i · (q + k + v) / 3`` with a learned scalar ``c_i`` (``q``, ``k``, ``v`` are the
+DenseFormer, MUDDFormer and Attention Residuals (every registered strategy with an ``impl``
+option) build each block's (AttnRes: each sublayer's) input from all earlier states. Inside a
+full model that routing is a few per cent of a train step (see :mod:`recipes.bench.step`), so
+what its storage costs is hard to see there. This benchmark keeps only the routing. Every block
+is a stand-in of negligible cost with two sublayers joined by the strategy's ``residual`` hook,
+``a = x ⊕ c_i · (q + k + v) / 3`` and ``y = a ⊕ c'_i · a`` (``⊕`` the hook, ``x + out`` unless
+the strategy routes per sublayer; learned scalars ``c_i, c'_i``; ``q``, ``k``, ``v`` are the
 block inputs the strategy hands over, ``x`` for all three when it hands over one), so one pass
-is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(x_L²)``,
-forward and backward.
+is exactly the strategy's hooks over ``L`` layers plus the loss ``mean(x_L²)``, forward and
+backward. Besides the registered strategies at their defaults (AttnRes: Full), ``attnres-block``
+is Block AttnRes with :data:`ATTNRES_BLOCKS` blocks at every depth
+(``block_size = 2⌈L / N⌉`` sublayers).
 
 Method, as in :mod:`recipes.bench.step`:
 
@@ -20,7 +24,10 @@ Method, as in :mod:`recipes.bench.step`:
   in that round, ``±`` half the inter-quartile range of those per-round ratios; on Linux CPUs
   the ratio of user-space cycles and instructions is reported too;
 * peak memory is the highest net allocation during one pass (activations kept for backward,
-  gradients, temporaries), from ``torch.profiler`` on CPU and ``max_memory_allocated`` on CUDA.
+  gradients, temporaries), from ``torch.profiler`` on CPU and ``max_memory_allocated`` on CUDA;
+  ``no-grad`` memory is the same for a forward pass alone under ``torch.no_grad``: the depth state
+  the routing keeps alive (what inference keeps, and what activation checkpointing cannot drop:
+  AttnRes's ``O(L·d)`` Full vs ``O(N·d)`` Block buffer).
 
 The grid is strategy × width × depth; results go to ``--out`` as ``depth.json``,
 ``depth.md`` and ``depth_<device>.png``.
@@ -36,7 +43,7 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -58,12 +65,35 @@ def routed_strategies() -> tuple[str, ...]:
     return tuple(n for n, cls in STRATEGIES.items() if "impl" in inspect.signature(cls.__init__).parameters)
 
 
+#: Blocks of the ``attnres-block`` rows at every depth (the paper recommends about 8; 6 divides
+#: every default depth, so the rows of one width hold the block count fixed while ``L`` grows).
+ATTNRES_BLOCKS = 6
+
+#: Rows beyond the routed strategies at their defaults: name → (strategy, its options at a depth).
+DEPTH_FORMS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
+    "attnres-block": ("attnres", lambda depth: {"block_size": 2 * math.ceil(depth / ATTNRES_BLOCKS)}),
+}
+
+
+def depth_variants() -> tuple[str, ...]:
+    """What ``strategies`` may name: the routed strategies, then :data:`DEPTH_FORMS`."""
+    return (*routed_strategies(), *(n for n, (s, _) in DEPTH_FORMS.items() if s in routed_strategies()))
+
+
+def variant_options(name: str, depth: int) -> tuple[str, dict[str, Any]]:
+    """The registered strategy of row ``name`` and its options (besides ``impl``) at ``depth``."""
+    if name in DEPTH_FORMS:
+        strategy, options = DEPTH_FORMS[name]
+        return strategy, options(depth)
+    return name, {}
+
+
 @dataclass(frozen=True)
 class DepthBenchConfig:
     """The grid (strategies × widths × depths), the input shape and how often to time."""
 
     device: str = "cpu"
-    strategies: tuple[str, ...] = ("dense", "mudd")
+    strategies: tuple[str, ...] = ("dense", "mudd", "attnres", "attnres-block")
     widths: tuple[int, ...] = (256, 768)
     depths: tuple[int, ...] = (6, 12, 24)
     batch: int = 4
@@ -76,9 +106,9 @@ class DepthBenchConfig:
     def __post_init__(self) -> None:
         check_choice(self, "device", ("cpu", "cuda"))
         check_choice(self, "dtype", DTYPES)
-        unknown = [s for s in self.strategies if s not in routed_strategies()]
+        unknown = [s for s in self.strategies if s not in depth_variants()]
         if not self.strategies or unknown:
-            raise ValueError(f"strategies must be a non-empty subset of {routed_strategies()}, got {self.strategies}")
+            raise ValueError(f"strategies must be a non-empty subset of {depth_variants()}, got {self.strategies}")
         for name in ("widths", "depths"):
             if not getattr(self, name) or min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got {getattr(self, name)}")
@@ -89,11 +119,13 @@ class RoutingRunner:
     """One strategy with one storage and stand-in blocks; :meth:`step` runs one pass."""
 
     def __init__(self, strategy: str, impl: str, depth: int, x0: torch.Tensor, mode: str) -> None:
+        """``strategy``: one of :func:`depth_variants`."""
         self.label, self.device = f"{strategy}[{impl}]", x0.device
         torch.manual_seed(0)
         dims = ModelDims(d_model=x0.shape[-1], n_layers=depth, n_heads=1, n_kv_heads=1)
-        self.strategy = STRATEGIES[strategy].for_model(dims, impl=impl).to(x0.device, x0.dtype)
-        self.scales = nn.Parameter(torch.full((depth,), 0.1, device=x0.device, dtype=x0.dtype))
+        name, options = variant_options(strategy, depth)
+        self.strategy = STRATEGIES[name].for_model(dims, impl=impl, **options).to(x0.device, x0.dtype)
+        self.scales = nn.Parameter(torch.full((depth, 2), 0.1, device=x0.device, dtype=x0.dtype))
         self.x0 = x0
         self.loss_fn = torch.compile(self.loss, fullgraph=True) if mode == "compiled" else self.loss
 
@@ -103,8 +135,15 @@ class RoutingRunner:
         inp, state = s.init_state(x0)
         for layer in range(s.n_layers):
             q, k, v = (inp.x if t is None else t for t in (inp.q, inp.k, inp.v))
-            inp, state = s.block_output(layer, inp.x + self.scales[layer] * (q + k + v) / 3, state)
+            a, state = s.residual(layer, 0, inp.x, self.scales[layer, 0] * (q + k + v) / 3, state)
+            y, state = s.residual(layer, 1, a, self.scales[layer, 1] * a, state)
+            inp, state = s.block_output(layer, y, state)
         return inp.x
+
+    def forward_only(self) -> None:
+        """One routed forward pass under ``torch.no_grad``: what the depth state alone costs."""
+        with torch.no_grad():
+            self.loss_fn(self.x0)
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         """``mean(route(x0)²)``: the scalar one pass differentiates."""
@@ -134,11 +173,13 @@ def measure_point(cfg: DepthBenchConfig, strategy: str, width: int, depth: int, 
     buf, stk = times[runners["buffer"].label], times[runners["stack"].label]
     (speedup, spread), (cycles, _), (instructions, _) = (round_ratio(stk, buf, k) for k in range(3))
     peaks = {impl: peak_call_bytes(r.step, device) for impl, r in runners.items()}
+    no_grad = {impl: peak_call_bytes(r.forward_only, device) for impl, r in runners.items()}
     ms = {impl: 1e3 * statistics.median(s[0] for rnd in times[r.label] for s in rnd) for impl, r in runners.items()}
     return dict(
         strategy=strategy, width=width, depth=depth, mode=mode, buffer_ms=ms["buffer"], stack_ms=ms["stack"],
         speedup=speedup, spread=spread, rel_cycles=cycles, rel_instructions=instructions,
         buffer_bytes=peaks["buffer"], stack_bytes=peaks["stack"], rel_memory=peaks["stack"] / max(peaks["buffer"], 1),
+        buffer_no_grad_bytes=no_grad["buffer"], stack_no_grad_bytes=no_grad["stack"],
     )
 
 
@@ -161,11 +202,13 @@ def run_grid(cfg: DepthBenchConfig, modes: list[str]) -> list[dict[str, Any]]:
 def format_depth_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one line per point, the ratios stack ÷ buffer last."""
     counters = measured_keys(rows, ("rel_cycles", "rel_instructions"))
+    no_grad = measured_keys(rows, ("buffer_no_grad_bytes", "stack_no_grad_bytes"))  # absent in older runs
     lines = [
         "| strategy | d_model | layers | mode | buffer ms | stack ms | stack ÷ buffer time | "
         + "".join(f"stack ÷ buffer {k.removeprefix('rel_')} | " for k in counters)
-        + "buffer MiB | stack MiB | stack ÷ buffer memory |",
-        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(counters) + "---:|---:|---:|",
+        + "buffer MiB | stack MiB | stack ÷ buffer memory |"
+        + "".join(f" no-grad {k.split('_')[0]} MiB |" for k in no_grad),
+        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(counters) + "---:|---:|---:|" + "---:|" * len(no_grad),
     ]
     for r in rows:
         lines.append(
@@ -173,12 +216,14 @@ def format_depth_table(rows: list[dict[str, Any]]) -> str:
             f"{r['stack_ms']:.1f} | {r['speedup']:.2f} ± {r['spread']:.2f} | "
             + "".join(f"{r[k]:.2f} | " for k in counters)
             + f"{r['buffer_bytes'] / 2**20:.1f} | {r['stack_bytes'] / 2**20:.1f} | {r['rel_memory']:.2f} |"
+            + "".join(f" {r.get(k, math.nan) / 2**20:.2f} |" for k in no_grad)
         )
     return "\n".join(lines)
 
 
 def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """PNG: stack ÷ buffer time and memory over depth, one line per (strategy, width, mode)."""
+    """PNG over depth, one line per (strategy, width, mode): stack ÷ buffer time and memory and,
+    when measured, the buffer's no-grad memory (the depth state)."""
     try:
         import matplotlib
     except ImportError:
@@ -187,17 +232,21 @@ def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    panels = [("speedup", "stack ÷ buffer time", 1.0), ("rel_memory", "stack ÷ buffer peak memory", 1.0)]
+    if measured_keys(rows, ("buffer_no_grad_bytes",)):
+        panels.append(("buffer_no_grad_bytes", "no-grad peak memory, buffer (MiB)", 1 / 2**20))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4))
     depths = sorted({r["depth"] for r in rows})
-    for ax, key, name in ((axes[0], "speedup", "time"), (axes[1], "rel_memory", "peak memory")):
+    for ax, (key, name, unit) in zip(axes, panels):
         for series in dict.fromkeys((r["strategy"], r["width"], r["mode"]) for r in rows):
-            pts = sorted((r["depth"], r[key]) for r in rows if (r["strategy"], r["width"], r["mode"]) == series)
+            pts = sorted((r["depth"], r[key] * unit) for r in rows if (r["strategy"], r["width"], r["mode"]) == series)
             ax.plot(*zip(*pts), "--" if series[2] == "compiled" else "-", marker="o", ms=3,
                     label=f"{series[0]} d={series[1]} ({series[2]})")
-        ax.axhline(1.0, color="black", lw=0.8)
+        if unit == 1.0:
+            ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks(depths, [str(d) for d in depths])
         ax.set_xlabel("layers")
-        ax.set_ylabel(f"stack ÷ buffer {name}")
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
@@ -221,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) passes")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: small shapes, few rounds")
-    p.add_argument("--strategies", nargs="+", default=None, help=f"default: {routed_strategies()}")
+    p.add_argument("--strategies", nargs="+", default=None, help=f"default: {depth_variants()}")
     p.add_argument("--widths", type=positive_int, nargs="+", default=None)
     p.add_argument("--depths", type=positive_int, nargs="+", default=None)
     p.add_argument("--batch", type=positive_int, default=None)
@@ -250,7 +299,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     widths, depths, batch, seq_len, dtype, rounds = DEFAULTS["quick" if args.quick else args.device]
     with user_errors(parser, flags_of(parser)):
         cfg = DepthBenchConfig(
-            args.device, tuple(_given(args.strategies, routed_strategies())), tuple(_given(args.widths, widths)),
+            args.device, tuple(_given(args.strategies, depth_variants())), tuple(_given(args.widths, widths)),
             tuple(_given(args.depths, depths)), _given(args.batch, batch), _given(args.seq_len, seq_len), dtype,
             warmup=1 if args.quick else 2, rounds=_given(args.rounds, rounds), steps=1 if args.quick else 2,
         )

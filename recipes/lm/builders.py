@@ -117,6 +117,13 @@ def hyperconnections(
     return model_config(size, "hyper", strategy_options=_given(rate=rate, dynamic=dynamic, form=form), **overrides)
 
 
+def attnres(size: str = "small", block_size: int = 1, impl: str = "buffer", **overrides: Any) -> ModelConfig:
+    """Attention Residuals: each sublayer reads a softmax over depth of the embedding and the earlier
+    sublayer outputs (``block_size=1``, Full AttnRes) or of completed blocks of ``block_size``
+    sublayers and the current block's partial sum (Block AttnRes)."""
+    return model_config(size, "attnres", strategy_options={"block_size": block_size, "impl": impl}, **overrides)
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
     from recipes.lm.model import CausalLM

@@ -21,6 +21,7 @@ from value_routing.strategies.selective_gate import SelectiveGate  # isort: skip
 from value_routing.strategies.dense import DenseAggregation  # isort: skip
 from value_routing.strategies.mudd import DynamicDenseAggregation  # isort: skip
 from value_routing.strategies.hyper_connections import HyperConnections  # isort: skip
+from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
@@ -30,6 +31,7 @@ def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "AttentionResiduals",
     "BlockInput",
     "DEPTH_IMPLS",
     "DenseAggregation",
