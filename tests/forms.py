@@ -12,6 +12,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("dense", {"dilation": 2, "period": 2}),
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
+    ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

@@ -32,9 +32,10 @@ TABLE = {
 }
 
 
-#: The named builders of the six strategies (thin wrappers of ``model_config``).
+#: The named builders of the strategies (thin wrappers of ``model_config``).
 NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satformer": builders.satformer,
-         "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections}
+         "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections,
+         "lerp": builders.lerp_value_residual, "shortcut": builders.embedding_shortcut}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))

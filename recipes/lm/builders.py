@@ -117,6 +117,20 @@ def hyperconnections(
     return model_config(size, "hyper", strategy_options=_given(rate=rate, dynamic=dynamic, form=form), **overrides)
 
 
+def lerp_value_residual(
+    size: str = "small", init_std: float | None = None, bias_init: float | None = None, **overrides: Any
+) -> ModelConfig:
+    """x-transformers' learned value-residual mix: ``V' = σ(W h + b)·V + (1 − σ)·V1`` per token and
+    kv-head (``None``: ``nn.Linear``'s default init of ``W`` / ``b``, as x-transformers)."""
+    return model_config(size, "lerp", strategy_options=_given(init_std=init_std, bias_init=bias_init), **overrides)
+
+
+def embedding_shortcut(size: str = "small", gate: bool = False, x0_norm: bool = False, **overrides: Any) -> ModelConfig:
+    """modded-nanogpt's embedding shortcut: block ℓ reads ``λr_ℓ x + λ0_ℓ x0`` (``gate``: λ0 per
+    token; ``x0_norm``: RMS-normalise the embedding first, as modded-nanogpt)."""
+    return model_config(size, "shortcut", strategy_options={"gate": gate, "x0_norm": x0_norm}, **overrides)
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
     from recipes.lm.model import CausalLM
