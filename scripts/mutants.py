@@ -41,6 +41,8 @@ TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
 SAMPLING_TESTS = ("tests/test_sampling.py",)
 SHARD_TESTS = ("tests/test_shards.py",)
 ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
+LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.py", "tests/test_model.py")
+SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -251,6 +253,25 @@ MUTANTS = [
     Mutant("attnres: Block buffer sized like Full", STRATEGIES + "attention_residuals.py",
            "return 1 + 2 * self.n_layers // self.block_size", "return 1 + 2 * self.n_layers",
            ("tests/test_bench_depth.py",)),
+    # lerp: x-transformers' learned value-residual mix
+    Mutant("lerp: sigmoid weights V1, not the layer's own values", STRATEGIES + "lerp_value_residual.py",
+           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v.contiguous(), v1, ", LERP_TESTS),
+    Mutant("lerp: each layer reads the previous layer's gate", STRATEGIES + "lerp_value_residual.py",
+           "self.gates[layer - 1](h)", "self.gates[layer - 2](h)", LERP_TESTS),
+    Mutant("lerp: backward keeps the QKV output alive", STRATEGIES + "lerp_value_residual.py",
+           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v1, v, ", LERP_TESTS),
+    Mutant("lerp: init_std ignored", STRATEGIES + "lerp_value_residual.py",
+           "nn.init.normal_(gate.weight, std=init_std)", "nn.init.normal_(gate.weight, std=0.02)", LERP_TESTS),
+    # shortcut: modded-nanogpt's embedding shortcut
+    Mutant("shortcut: block 0's input unmixed", STRATEGIES + "embedding_shortcut.py",
+           "return self._enter(0, x0, x0), x0", "return BlockInput(x0), x0", SHORTCUT_TESTS),
+    Mutant("shortcut: a block reads the previous block's lambdas", STRATEGIES + "embedding_shortcut.py",
+           "return self._enter(layer + 1, y, state), state", "return self._enter(layer, y, state), state",
+           SHORTCUT_TESTS),
+    Mutant("shortcut: gate reads the unnormed stream", STRATEGIES + "embedding_shortcut.py",
+           "(rms_normalize(x, self.norm_eps) @ self.gate_weight", "(x @ self.gate_weight", SHORTCUT_TESTS),
+    Mutant("shortcut: layer 0's resid lambda everywhere", STRATEGIES + "embedding_shortcut.py",
+           "self.resid_lambdas[layer].to(x.dtype)", "self.resid_lambdas[0].to(x.dtype)", SHORTCUT_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic

@@ -13,6 +13,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
     ("attnres", {"block_size": 2}),
+    ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

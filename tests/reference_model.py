@@ -373,6 +373,39 @@ class HyperConnections(Routing):
         return sum(self.H)
 
 
+class Lerp(Routing):
+    """x-transformers' learned value-residual mix: ``V'_n = μ V_n + (1 − μ) V1``,
+    ``μ = σ(W_n h_n + b_n)`` per token and kv-head, on layers ``1..L-1``."""
+
+    def mix(self, i, v, v1, h):
+        if i == 0:
+            return v
+        w, b = self.p[f"strategy.gates.{i - 1}.weight"], self.p[f"strategy.gates.{i - 1}.bias"]
+        out = torch.empty_like(v)
+        for head in range(v.shape[2]):
+            mu = 1 / (1 + torch.exp(-(h @ w[head] + b[head])))  # (batch, seq)
+            out[:, :, head] = mu[..., None] * v[:, :, head] + (1 - mu[..., None]) * v1[:, :, head]
+        return out
+
+
+class Shortcut(Routing):
+    """modded-nanogpt's x0 shortcut: block ``i`` reads ``λr_i x_i + λ0_i x0``; with ``gate``
+    ``λ0_i(t) = λ0_i + w_i · n(x_i,t)``; ``x0_norm`` RMS-normalises the embedding first."""
+
+    def start(self, x0, tokens):
+        eps = self.opt.get("norm_eps", 1e-6)
+        self.x0 = rms_norm(x0, None, eps) if self.opt.get("x0_norm", False) else x0
+        self.x = self.x0
+
+    def enter(self, i):
+        p, eps = self.p, self.opt.get("norm_eps", 1e-6)
+        lam0 = p["strategy.x0_lambdas"][i]
+        if self.opt.get("gate", False):
+            lam0 = lam0 + (rms_norm(self.x, None, eps) * p["strategy.gate_weight"][i]).sum(-1, keepdim=True)
+        x = p["strategy.resid_lambdas"][i] * self.x + lam0 * self.x0
+        return x, x, x, x
+
+
 def _col(w: torch.Tensor) -> torch.Tensor:
     """A scalar or per-token ``(batch, seq)`` weight, broadcast over the feature axis."""
     return w if w.dim() == 0 else w[..., None]
@@ -410,4 +443,6 @@ ROUTINGS: dict[str, type[Routing]] = {
     "mudd": MUDDFormer,
     "hyper": HyperConnections,
     "attnres": AttnRes,
+    "lerp": Lerp,
+    "shortcut": Shortcut,
 }

@@ -50,6 +50,13 @@ CASES = [
     ("attnres", {"block_size": 2}, {}),
     ("attnres", {"block_size": 4, "impl": "stack"}, {"n_layers": 6}),
     ("attnres", {"block_size": 6, "norm_eps": 1e-3}, {"tie_embeddings": False}),  # 10 sublayers: last block partial
+    ("lerp", {}, {}),
+    ("lerp", {"init_std": 0.02, "bias_init": 2.0}, {"qk_norm": True, "n_kv_heads": 4}),
+    ("lerp", {}, {"n_kv_heads": 1, "tie_embeddings": False}),
+    ("shortcut", {}, {}),
+    ("shortcut", {"x0_norm": True, "resid_init": 0.5, "x0_init": 0.25}, {"qk_norm": True}),
+    ("shortcut", {"gate": True}, {}),
+    ("shortcut", {"gate": True, "x0_norm": True, "norm_eps": 1e-3}, {"n_layers": 6, "tie_embeddings": False}),
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)

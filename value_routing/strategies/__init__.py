@@ -22,6 +22,8 @@ from value_routing.strategies.dense import DenseAggregation  # isort: skip
 from value_routing.strategies.mudd import DynamicDenseAggregation  # isort: skip
 from value_routing.strategies.hyper_connections import HyperConnections  # isort: skip
 from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
+from value_routing.strategies.lerp_value_residual import LerpValueResidual  # isort: skip
+from value_routing.strategies.embedding_shortcut import EmbeddingShortcut  # isort: skip
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
@@ -36,7 +38,9 @@ __all__ = [
     "DEPTH_IMPLS",
     "DenseAggregation",
     "DynamicDenseAggregation",
+    "EmbeddingShortcut",
     "HyperConnections",
+    "LerpValueResidual",
     "ModelDims",
     "NoReuse",
     "SelectiveGate",
