@@ -7,6 +7,8 @@ name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer 
 * pre-norm block ``a = x + Attn(norm(x_q), norm(x_k), norm(x_v))``, ``y = a + SwiGLU(norm(a))``
   with ``RMSNorm(x) = x / sqrt(mean(x²) + eps) · w`` (LayerNorm Scaling: every ``norm`` of block
   ``i`` times ``1/sqrt(i + 1)``; Peri-LN: each sublayer output normed again before the ``+``);
+* projections ``q = W_q h (+ b_q)``, ``k = W_k h (+ b_k)``, ``v = W_v h (+ b_v)`` (biases with
+  ``qkv_bias``), each head ``head_dim`` wide (``d_model / heads`` unless given);
 * attention per query head ``h`` with kv-head ``h // (heads / kv_heads)`` (GQA),
   ``softmax(q kᵀ / sqrt(head_dim) + causal mask) v``, optional qk-norm (RMSNorm over
   ``head_dim``) before RoPE; RoPE rotates channel pairs ``(i, i + head_dim/2)`` by
@@ -49,6 +51,8 @@ class Spec:
     tie_embeddings: bool = True
     layernorm_scaling: bool = False  # pre-norm outputs of block i (0-based) × 1/sqrt(i + 1)
     peri_norm: bool = False  # a learned RMSNorm on each sublayer output before the residual
+    head_dim: int | None = None  # None: d_model // n_heads
+    qkv_bias: bool = False  # biases on the q, k, v projections (not the output projection)
     strategy: str = "baseline"
     options: dict[str, Any] = field(default_factory=dict)
     #: The model stores its RoPE cos/sin tables in float32 (computed in float64, then rounded);
@@ -56,9 +60,9 @@ class Spec:
     #: comparisons can be tight (the rounding is ~1e-8 relative in the logits).
     rope_table_dtype: torch.dtype = torch.float32
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
 
 # ----------------------------------------------------------------------------- elementary ops
@@ -142,9 +146,11 @@ def block(
     hq, hk, hv = (scale * rms_norm(z, p[pre + name + ".weight"], spec.norm_eps) for z, name in zip((xq, xk, xv), names))
     wqkv = p[pre + "attn.wqkv.weight"]
     wq, wk, wv = wqkv[: H * d], wqkv[H * d : (H + KV) * d], wqkv[(H + KV) * d :]
-    q = (hq @ wq.T).view(b, t, H, d)
-    k = (hk @ wk.T).view(b, t, KV, d)
-    v_raw = (hv @ wv.T).view(b, t, KV, d)
+    q, k, v_raw = hq @ wq.T, hk @ wk.T, hv @ wv.T
+    if spec.qkv_bias:
+        bias = p[pre + "attn.wqkv.bias"]
+        q, k, v_raw = q + bias[: H * d], k + bias[H * d : (H + KV) * d], v_raw + bias[(H + KV) * d :]
+    q, k, v_raw = q.view(b, t, H, d), k.view(b, t, KV, d), v_raw.view(b, t, KV, d)
     v = routing.mix(i, v_raw, v1, hv)
     if spec.qk_norm:
         eps = spec.norm_eps if spec.qk_norm_eps is None else spec.qk_norm_eps

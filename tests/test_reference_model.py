@@ -21,6 +21,11 @@ CASES = [
     ("baseline", {}, {"peri_norm": True, "layernorm_scaling": True, "tie_embeddings": False}),
     ("satformer", {}, {"peri_norm": True, "layernorm_scaling": True}),
     ("mudd", {"form": "authors"}, {"layernorm_scaling": True}),  # scaled separate q/k/v norms
+    # the converter's fields (Qwen2's q/k/v bias, Qwen3's explicit head_dim with qk-norm)
+    ("baseline", {}, {"qkv_bias": True, "tie_embeddings": False}),
+    ("baseline", {}, {"head_dim": 12, "qk_norm": True}),
+    ("satformer", {"fuse_projection": True}, {"qkv_bias": True, "head_dim": 6}),  # bias beside the fused gate rows
+    ("mudd", {"form": "authors"}, {"qkv_bias": True, "head_dim": 10}),  # separate q/k/v inputs: the split bias
     # fixed λ are float32 buffers (0.3 would round): values exact in float32
     ("static", {"mode": "fixed", "lambda1": 0.375, "lambda2": 0.75}, {}),
     ("static", {"mode": "learnable"}, {"qk_norm": True}),
@@ -73,6 +78,7 @@ def spec(cfg: ModelConfig) -> ref.Spec:
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         d_ff=cfg.d_ff_per_layer, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
         qk_norm_eps=cfg.qk_norm_eps, layernorm_scaling=cfg.layernorm_scaling, peri_norm=cfg.peri_norm,
+        head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias,
         tie_embeddings=cfg.tie_embeddings, strategy=cfg.strategy, options=dict(cfg.strategy_options),
     )
 

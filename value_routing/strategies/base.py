@@ -67,16 +67,18 @@ class BlockInput(NamedTuple):
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The model dimensions a strategy may need to size its parameters."""
+    """The model dimensions a strategy may need to size its parameters (``head_dim``: ``None``
+    derives ``d_model // n_heads``)."""
 
     d_model: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    head_dim: int | None = None
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
 
 class Strategy(nn.Module):
