@@ -109,7 +109,7 @@ class CausalSelfAttention(nn.Module):
         return self.wo(out)
 
     def reset_parameters(self, std: float, out_std: float) -> None:
-        """N(0, ``std``) for the QKV projection (zero for its bias, if any), N(0, ``out_std``) for the output projection."""
+        """N(0, ``std``) for the QKV projection (its bias, if any, zero), N(0, ``out_std``) for the output one."""
         nn.init.normal_(self.wqkv.weight, std=std)
         if self.wqkv.bias is not None:
             nn.init.zeros_(self.wqkv.bias)

@@ -122,7 +122,8 @@ class ModelConfig:
                 raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
                                  "unless head_dim is given")
             if (self.d_model // self.n_heads) % 2:
-                raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, got {self.d_model // self.n_heads}")
+                raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, "
+                                 f"got {self.d_model // self.n_heads}")
         elif self.head_dim < 2 or self.head_dim % 2:
             raise ValueError(f"head_dim must be an even integer >= 2 (RoPE rotates channel pairs) or None, "
                              f"got {self.head_dim}")
