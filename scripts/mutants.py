@@ -43,6 +43,7 @@ SHARD_TESTS = ("tests/test_shards.py",)
 ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
 LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.py", "tests/test_model.py")
 SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
+CONVERT_TESTS = ("tests/test_convert.py",)
 
 
 class Mutant(NamedTuple):
@@ -272,6 +273,27 @@ MUTANTS = [
            "(rms_normalize(x, self.norm_eps) @ self.gate_weight", "(x @ self.gate_weight", SHORTCUT_TESTS),
     Mutant("shortcut: layer 0's resid lambda everywhere", STRATEGIES + "embedding_shortcut.py",
            "self.resid_lambdas[layer].to(x.dtype)", "self.resid_lambdas[0].to(x.dtype)", SHORTCUT_TESTS),
+    # checkpoint conversion (recipes/interop/convert.py) and the attention options it needs
+    Mutant("convert: gate and up projections swapped in w13", "recipes/interop/convert.py",
+           '(hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight")',
+           '(hf + "mlp.up_proj.weight", hf + "mlp.gate_proj.weight")', CONVERT_TESTS),
+    Mutant("convert: k and v rows swapped in wqkv", "recipes/interop/convert.py",
+           'tuple(attn + f"{p}_proj.weight" for p in "qkv")', 'tuple(attn + f"{p}_proj.weight" for p in "qvk")',
+           CONVERT_TESTS),
+    Mutant("convert: rope_theta not carried over", "recipes/interop/convert.py", 'rope_theta=float(rope["rope_theta"])',
+           "rope_theta=10000.0", CONVERT_TESTS),
+    Mutant("convert: sliding window does not cap max_seq_len", "recipes/interop/convert.py",
+           "limit = config.max_position_embeddings if window is None else min(window, config.max_position_embeddings)",
+           "limit = config.max_position_embeddings", CONVERT_TESTS),
+    Mutant("convert: separate q/k/v norms not from the pretrained norm", "recipes/interop/convert.py",
+           'params[name].copy_(params[name.rsplit(".", 2)[0] + ".attn_norm.weight"])', "params[name].fill_(1.0)",
+           CONVERT_TESTS),
+    Mutant("blocks: q/k/v bias dropped on the fused path", "blocks/attention.py",
+           "q, k, v, e = F.linear(hq, w, b).split(", "q, k, v, e = F.linear(hq, w).split(",
+           ("tests/test_reference_model.py",)),
+    Mutant("blocks: gate rows beside the bias get a bias", "blocks/attention.py",
+           "torch.cat((bias, bias.new_zeros(n_extra)))", "torch.cat((bias, bias.new_ones(n_extra)))",
+           ("tests/test_reference_model.py",)),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
