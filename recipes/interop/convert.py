@@ -94,7 +94,7 @@ def _window(config: PretrainedConfig) -> int | None:
 
 
 def config_from_hf(config: PretrainedConfig, family: Family, strategy: str = "baseline",
-                 max_seq_len: int | None = None, **options: Any) -> ModelConfig:
+                   max_seq_len: int | None = None, **options: Any) -> ModelConfig:
     """The :class:`ModelConfig` of a Hugging Face config, refusing what ``CausalLM`` cannot express.
 
     ``max_seq_len`` defaults to ``max_position_embeddings``, capped at the sliding window where
