@@ -12,6 +12,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("dense", {"dilation": 2, "period": 2}),
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
+    ("satformer", {"gate_scale": 0.0}),  # the scaled gate: the HF adapter's function-preserving start
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.
