@@ -228,6 +228,13 @@ def test_gradient_checkpointing_matches_plain(family, form):
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-10, atol=1e-13, msg=name)
 
 
+def test_reentrant_checkpointing_is_refused():
+    m = routed("llama", "hyper", {}).train()
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        m(tokens(), labels=tokens())
+
+
 @pytest.mark.parametrize(("family", "strategy"), [("llama", s) for (s, _), _ in DEFAULTS] + [("phi3", "satformer")])
 def test_compile_matches_eager(family, strategy, fresh_dynamo):
     options = {}

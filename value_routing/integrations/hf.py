@@ -29,7 +29,7 @@ norms, rotary embedding, masks and cache stay; two forwards are replaced.
     :class:`~recipes.lm.model.CausalLM`. ``h`` is the layer's normed input, what the projection read.
 ``residual(layer, sublayer, x, out, state)``
     the decoder layer's two ``x + out`` (its forward is replaced by the generic pre-norm one,
-    :func:`_block`, calling the layer's own modules; Phi-3's residual dropouts stay on ``out``).
+    calling the layer's own modules; Phi-3's residual dropouts stay on ``out``).
 ``block_output(layer, y, state)``
     after each decoder layer; the last one's ``x`` feeds the model's final norm.
 
@@ -144,7 +144,7 @@ def apply_value_routing(
     returns ``model``.
 
     ``preserve_function=True`` completes the options with the strategy's function-preserving start
-    (:meth:`~value_routing.Strategy.preserving_options`: e.g. SATFormer's ``gate_scale=0``), so the
+    (:meth:`~value_routing.strategies.base.Strategy.preserving_options`: e.g. SATFormer's ``gate_scale=0``), so the
     patched model's logits equal the unpatched model's at initialisation. The strategy's module is
     the base model's ``value_routing`` (``model.model.value_routing``), in the model's dtype and
     device; ``config.value_routing`` records the name and the resolved options, so that
@@ -234,6 +234,10 @@ def _layer_forward(self: nn.Module, hidden_states: Tensor, *args: Any, **kwargs:
     spec: LayerRoute = self.value_routing_layer
     cache = kwargs.pop("cache", None)
     if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if getattr(self._gradient_checkpointing_func, "keywords", {}).get("use_reentrant"):
+            # reentrant checkpointing drops the gradients of tensors nested in the state (HC's streams)
+            raise ValueError("a value-routed layer passes the strategy's state through the checkpoint: enable "
+                             "gradient checkpointing with use_reentrant=False (the default)")
         # as Hugging Face's own layers: a checkpointed layer writes no cache (the replay would write twice)
         kwargs["use_cache"] = False
         block = partial(_block, self, route.strategy, spec, **kwargs)

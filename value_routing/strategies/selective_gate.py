@@ -18,7 +18,7 @@ the last ``k`` layers are gated; the rest run as the baseline. A relu gate start
 
 With ``gate_scale`` a learned per-head scale :math:`s_n \in \mathbb{R}^{n_\text{kv}}`, initialised to
 that value, multiplies the gate: :math:`V'_n = V_n + (s_n \odot \mathrm{act}(W_{\alpha,n} h_n)) \odot V_1`.
-``gate_scale=0`` is the function-preserving start (:meth:`~value_routing.Strategy.preserving_options`):
+``gate_scale=0`` is the function-preserving start (:meth:`~value_routing.strategies.base.Strategy.preserving_options`):
 exactly :math:`V'_n = V_n`, and the gate still learns, unlike a zero :math:`W_\alpha` under relu
 (:math:`\mathrm{relu}'(0) = 0` would keep it shut): :math:`s_n` gets its gradient on the first step,
 :math:`W_\alpha` from the second (its gradient is :math:`\propto s_n`). No exactly-closed relu gate can

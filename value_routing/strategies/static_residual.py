@@ -13,7 +13,7 @@ with three parameterisations (``mode``):
   :math:`\lambda_{2,n}` learned per layer, initialised to ``lambda2``.
 
 Layer 0 is the source of :math:`V_1` and is never mixed. The function-preserving start
-(:meth:`~value_routing.Strategy.preserving_options`) is ``lambda1=0, lambda2=1``: exactly
+(:meth:`~value_routing.strategies.base.Strategy.preserving_options`) is ``lambda1=0, lambda2=1``: exactly
 :math:`V'_n = V_n`, and both weights get gradients (:math:`\partial/\partial\lambda_1 = V_1`).
 """
 
