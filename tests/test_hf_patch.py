@@ -164,6 +164,58 @@ def test_preserving_start_refuses_conflicting_options():
     assert m.config.value_routing == {"strategy": "static", "options": {"lambda1": 0.5}}
 
 
+# ---------------------------------------------------------------- the strategy's math, by hooks on the plain model
+
+
+def hooked_reference(family: str, strategy: str, routing, ids):
+    """The unpatched model's logits with the strategy's equation written into forward hooks: on the
+    value projection (V' from the projection's input h and layer 0's raw values), or, for DenseFormer,
+    on each decoder layer's output (Y_i = Σ_j α_ij X_j, X_0 the embedding)."""
+    plain = model(family)
+    attn = plain.model.layers[0].self_attn
+    width = plain.config.num_key_value_heads * attn.head_dim
+    seen = []
+
+    def mix(i):
+        def hook(module, args, out):
+            v = out[..., -width:].unflatten(-1, (-1, attn.head_dim))
+            seen.append(v)
+            if i == 0:
+                return None
+            if strategy == "static":
+                new = routing.lambda1[i - 1] * seen[0] + routing.lambda2[i - 1] * v
+            else:
+                alpha = routing.gate_scales[i - 1] * torch.relu(args[0] @ routing.gates[i - 1].weight.T)
+                new = v + alpha[..., None] * seen[0]
+            return torch.cat([out[..., :-width], new.flatten(-2)], -1)
+        return hook
+
+    def aggregate(i):
+        def hook(module, args, out):
+            seen.append(out)
+            return sum(a * x for a, x in zip(routing.alphas[i], seen))
+        return hook
+
+    for i, layer in enumerate(plain.model.layers):
+        if strategy == "dense":
+            layer.register_forward_hook(aggregate(i))
+        else:
+            proj = layer.self_attn.qkv_proj if family == "phi3" else layer.self_attn.v_proj
+            proj.register_forward_hook(mix(i))
+    if strategy == "dense":
+        plain.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(out))
+    return logits(plain, ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("strategy", ["static", "satformer", "dense"])
+def test_patched_model_runs_the_strategys_equation(family, strategy):
+    m, ids = routed(family, strategy, {}), tokens()
+    check_live(m, family, ids)
+    torch.testing.assert_close(logits(m, ids), hooked_reference(family, strategy, routing_of(m), ids),
+                               rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- behaviour with the routing live
 
 
