@@ -126,6 +126,12 @@ def test_preserving_start_keeps_logits_and_every_parameter_learns(family, form):
     assert all(p.grad.any() for p in params.values())
 
 
+@pytest.mark.parametrize("strategy", [s for (s, _), _ in DEFAULTS])
+def test_every_strategy_declares_its_preserving_start(strategy):
+    """At its defaults (forms above whose options rule a start out are left out of the test above)."""
+    assert isinstance(STRATEGIES[strategy].preserving_options({}), dict)
+
+
 def test_gate_scale_is_the_satformer_start_and_its_math():
     gate = SelectiveGate(d_model=8, n_layers=3, n_kv_heads=2, **SelectiveGate.preserving_options({}))
     v, v1, h = torch.randn(2, 5, 2, 4), torch.randn(2, 5, 2, 4), torch.randn(2, 5, 8)

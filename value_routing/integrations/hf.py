@@ -7,7 +7,7 @@ r"""Run a value-routing strategy inside a Hugging Face ``transformers`` decoder,
     model = AutoModelForCausalLM.from_pretrained("...")     # Llama, Mistral, Qwen2, Qwen3 or Phi-3
     apply_value_routing(model, "satformer")                 # same logits as before (preserve_function)
     model.save_pretrained("ckpt")                           # config.json records the routing
-    model = load_value_routed("ckpt")                       # the one call that rebuilds it
+    model = load_value_routed("ckpt")                       # the one call that rebuilds it (hf_checkpoint)
 
 The families (:data:`SUPPORTED_FAMILIES`) are recognised by their classes (the base model, its
 decoder layers and their attention); anything else is refused with an error naming them. Nothing
@@ -48,7 +48,6 @@ pure functions.
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from collections.abc import Mapping
@@ -149,7 +148,7 @@ def apply_value_routing(
     the base model's ``value_routing`` (``model.model.value_routing``), in the model's dtype and
     device; ``config.value_routing`` records the name and the resolved options, so that
     ``save_pretrained`` keeps them. Without ``strategy`` the config's record is applied (what
-    :func:`load_value_routed` does).
+    :func:`~value_routing.integrations.hf_checkpoint.load_value_routed` does).
     """
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
     base = getattr(hf, "base_model", hf)
@@ -273,53 +272,3 @@ def routing_of(model: nn.Module) -> Strategy:
     if not isinstance(routing, Strategy):
         raise ValueError(f"{type(model).__name__} runs no value routing: call apply_value_routing first")
     return routing
-
-
-def load_value_routed(path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
-    """Rebuild a model saved with ``save_pretrained`` after :func:`apply_value_routing`: load it with
-    ``model_class.from_pretrained(path, **kwargs)`` (default ``AutoModelForCausalLM``), patch it from
-    its config's record and load the strategy's weights from the checkpoint's safetensors files.
-
-    Loading reports (Hugging Face's) name the weights it missed or did not use, except the strategy's,
-    which the plain model does not know and this call reads itself."""
-    if model_class is None:
-        from transformers import AutoModelForCausalLM as model_class
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its report would list the strategy's weights as unused: ours below
-    try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if not isinstance(getattr(model.config, ROUTING_ATTR, None), Mapping):
-        raise ValueError(f"{path} records no value routing (its config has no {ROUTING_ATTR!r}): "
-                         "load it with from_pretrained")
-    apply_value_routing(model)
-    routing = routing_of(model)
-    prefix = next(name for name, module in model.named_modules() if module is routing) + "."
-    routing.load_state_dict(_read_weights(path, prefix, kwargs))
-    unused = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(prefix))
-    for what, keys in (("missed", sorted(info.get("missing_keys", ()))), ("did not use", unused)):
-        if keys:
-            hf_logging.get_logger(__name__).warning(f"loading {path} {what} the weights {keys}")
-    return model
-
-
-def _read_weights(path: str, prefix: str, kwargs: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The tensors named ``prefix*`` in the safetensors checkpoint at ``path``, without ``prefix``."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token", "local_files_only") if k in kwargs}
-    index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
-    if index is None:
-        files = ["model.safetensors"]
-    else:
-        with open(index) as f:
-            files = sorted({file for name, file in json.load(f)["weight_map"].items() if name.startswith(prefix)})
-    weights = {}
-    for file in files:
-        with safe_open(cached_file(path, file, **hub), framework="pt") as f:
-            weights.update({name[len(prefix):]: f.get_tensor(name) for name in f.keys() if name.startswith(prefix)})
-    return weights
