@@ -44,6 +44,7 @@ ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_mode
 LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.py", "tests/test_model.py")
 SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
 CONVERT_TESTS = ("tests/test_convert.py",)
+HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
 
 
 class Mutant(NamedTuple):
@@ -294,6 +295,22 @@ MUTANTS = [
     Mutant("blocks: gate rows beside the bias get a bias", "blocks/attention.py",
            "torch.cat((bias, bias.new_zeros(n_extra)))", "torch.cat((bias, bias.new_ones(n_extra)))",
            ("tests/test_reference_model.py",)),
+    # the Hugging Face adapter (value_routing.integrations.hf) and SATFormer's gate_scale, its preserving start
+    Mutant("hf patch: raw values into the cache", "value_routing/integrations/hf.py",
+           "return self.cache.update(key_states, v, layer_idx", "return self.cache.update(key_states, value_states, layer_idx",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: block_output's input skipped", "value_routing/integrations/hf.py",
+           "    _single_input(inp, spec.index)\n    return inp.x", "    _single_input(inp, spec.index)\n    return y",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: checkpoint replays the pass's latest state", "value_routing/integrations/hf.py",
+           "self._gradient_checkpointing_func(block, hidden_states, route.state)",
+           "self._gradient_checkpointing_func(lambda x: block(x, route.state), hidden_states)", HF_PATCH_TESTS),
+    Mutant("hf patch: gate reads the un-normed stream", "value_routing/integrations/hf.py",
+           "ValueInlet(strategy, spec.index, h, state, cache)", "ValueInlet(strategy, spec.index, x, state, cache)",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: gate_scale before the activation", STRATEGIES + "selective_gate.py",
+           "self._scaled(layer, gate_activation(logits, self.act))", "gate_activation(self._scaled(layer, logits), self.act)",
+           ("tests/test_reference_model.py", *HF_PATCH_TESTS)),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic

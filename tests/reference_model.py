@@ -240,7 +240,7 @@ class Static(Routing):
 
 
 class SATFormer(Routing):
-    """``V'_n = V_n + act(W_α,n h_n [+ b_n]) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
+    """``V'_n = V_n + [s_n ⊙] act(W_α,n h_n [+ b_n]) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
 
     def mix(self, i, v, v1, h):
         last_k = self.opt.get("last_k")
@@ -251,6 +251,8 @@ class SATFormer(Routing):
         if self.opt.get("bias_init") is not None:
             logits = logits + self.p[f"strategy.gates.{i - first}.bias"]
         alpha = gate_activation(logits, self.opt.get("act", "relu"))
+        if self.opt.get("gate_scale") is not None:
+            alpha = self.p[f"strategy.gate_scales.{i - first}"] * alpha
         return v + alpha[..., None] * v1
 
 

@@ -136,7 +136,7 @@ def _python_blocks(page: Path) -> str:
 
 
 @pytest.mark.parametrize("guide", ["quickstart.md", "custom-model.md", "selective-gate.md", "training.md", "gate-analysis.md",
-                                   "convert.md"])
+                                   "convert.md", "huggingface.md"])
 def test_guide_examples_run(guide: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every ``python`` block of a guide, run in order in one namespace, executes without error."""
     code = _python_blocks(ROOT / "docs" / "guides" / guide)

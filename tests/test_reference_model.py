@@ -36,6 +36,8 @@ CASES = [
     ("satformer", {"act": "sigmoid", "fuse_projection": True}, {}),
     ("satformer", {"act": "relu", "bias_init": 0.5}, {}),
     ("satformer", {"act": "tanh", "bias_init": 0.5, "last_k": 2, "fuse_projection": True}, {}),
+    ("satformer", {"gate_scale": 0.0}, {}),  # the function-preserving start of the HF adapter
+    ("satformer", {"act": "sigmoid", "gate_scale": 0.5, "last_k": 2, "fuse_projection": True}, {}),
     ("dense", {}, {}),
     ("dense", {"dilation": 2}, {}),
     ("dense", {"dilation": 2, "period": 2}, {"n_layers": 6}),
