@@ -309,7 +309,8 @@ def _sweep_run(lr, loss):
 def test_sweep_winner_and_the_ladder_presets(monkeypatch):
     from recipes.experiments import study_config as sc
 
-    runs = [_sweep_run(lr, loss) for lr, loss in ((1e-3, 2.0), (1e-3, 2.2), (3e-3, 1.9), (3e-3, 2.0), (1e-2, 1.8))]
+    runs = [_sweep_run(lr, loss) for lr, loss in ((3e-4, 2.5), (3e-4, 2.5), (1e-3, 2.0), (1e-3, 2.2), (3e-3, 1.9),
+                                                  (3e-3, 2.0), (1e-2, 1.8))]
     with pytest.raises(ValueError, match=r"the sweep is unfinished: learning rates \[0.01\]"):
         sc.sweep_winner(runs)
     assert sc.sweep_winner([*runs, _sweep_run(1e-2, 2.3)]) == 3e-3  # means 2.1, 1.95, 2.05
