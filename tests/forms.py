@@ -14,6 +14,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("hyper", {"form": "authors"}),
     ("attnres", {"block_size": 2}),
     ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
+    ("value_embed", {"gate": False, "layers": "shared"}),  # the plain form; tables shared by two layers
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

@@ -136,6 +136,14 @@ def embedding_shortcut(size: str = "small", gate: bool = False, x0_norm: bool = 
     return model_config(size, "shortcut", strategy_options={"gate": gate, "x0_norm": x0_norm}, **overrides)
 
 
+def value_embeddings(
+    size: str = "small", gate: bool = True, layers: str | tuple[int, ...] = "speedrun", **overrides: Any
+) -> ModelConfig:
+    """modded-nanogpt's value embeddings: ``V' = V + g·E[token]`` on the layers of ``layers`` (a
+    pattern scaled to the depth, or layer indices), ``g = 2σ(W [h[:6]; e[:6]])`` (``gate=False``: 1)."""
+    return model_config(size, "value_embed", strategy_options={"gate": gate, "layers": layers}, **overrides)
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
     from recipes.lm.model import CausalLM
