@@ -43,6 +43,7 @@ SHARD_TESTS = ("tests/test_shards.py",)
 ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
 LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.py", "tests/test_model.py")
 SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
+VEMBED_TESTS = ("tests/test_value_embeddings.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -272,6 +273,18 @@ MUTANTS = [
            "(rms_normalize(x, self.norm_eps) @ self.gate_weight", "(x @ self.gate_weight", SHORTCUT_TESTS),
     Mutant("shortcut: layer 0's resid lambda everywhere", STRATEGIES + "embedding_shortcut.py",
            "self.resid_lambdas[layer].to(x.dtype)", "self.resid_lambdas[0].to(x.dtype)", SHORTCUT_TESTS),
+    # value_embed: modded-nanogpt's value embeddings
+    Mutant("value_embed: gate σ instead of 2σ (starts at 1/2)", STRATEGIES + "value_embeddings.py",
+           "return 2 * torch.sigmoid(inp @", "return torch.sigmoid(inp @", VEMBED_TESTS),
+    Mutant("value_embed: gate reads the last channels of e", STRATEGIES + "value_embeddings.py",
+           "e.flatten(-2)[..., :k]", "e.flatten(-2)[..., -k:]", VEMBED_TESTS),
+    Mutant("value_embed: a layer reads the table of its gate's index (no sharing)", STRATEGIES + "value_embeddings.py",
+           "table = self.tables[self.table_of[layer]]", "table = self.tables[min(self.gate_of[layer], len(self.tables) - 1)]",
+           VEMBED_TESTS),
+    Mutant("value_embed: shared pattern mirrored (U-net) instead of 012...012", STRATEGIES + "value_embeddings.py",
+           "for layer in (j, L - k + j)", "for layer in (j, L - 1 - j)", VEMBED_TESTS),
+    Mutant("value_embed: init_std ignored", STRATEGIES + "value_embeddings.py",
+           "torch.randn(vocab_size, kv_dim) * self.init_std", "torch.randn(vocab_size, kv_dim) * 0.02", VEMBED_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
