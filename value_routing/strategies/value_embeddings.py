@@ -32,11 +32,12 @@ This follows KellerJordan/modded-nanogpt's ``train_gpt.py``. Its current form (s
 2026-02-15 record "Tuned Value Embeddings") is ``"speedrun"`` with the gate: five tables of width
 ``model_dim`` initialised N(0, 0.01²) on layers 1, 2 and the last three, each layer a zero-init
 gate of shape ``(num_heads, 12)`` fed the first 6 channels of the normed attention input and of
-the value embedding, :math:`2\sigma(\cdot)` per head, added to the raw values before attention.
+the value embedding, :math:`2\sigma(\cdot)` per head, added to the raw values before attention
+(since 2026-05-24 its last layer's gate comes from its MUDD connections instead).
 ``"shared"`` is its "012 ... 012" pattern (2024-12-31 to 2026-01-28: three tables on the first
 and the last three layers), ``"every"`` the first record's (2024-12-05, one table per layer).
-The plain form is what it ran 2025-12-15 to 2025-12-29 (``v + ve``, tables zero-init); before
-that it mixed ``λ0·v + λ1·ve`` with learned scalars (not implemented here). Its gate is per
+The plain form is what it ran 2025-12-14 to 2025-12-29 (``v + ve``); before that it mixed
+``λ0·v + λ1·ve`` with learned scalars (not implemented here). Its gate is per
 query head and its values have ``num_heads`` heads (no GQA); ours is per key/value head, the same
 when ``n_kv_heads == n_heads``.
 
