@@ -34,8 +34,9 @@ This follows KellerJordan/modded-nanogpt's ``train_gpt.py``. Its current form (s
 gate of shape ``(num_heads, 12)`` fed the first 6 channels of the normed attention input and of
 the value embedding, :math:`2\sigma(\cdot)` per head, added to the raw values before attention
 (since 2026-05-24 its last layer's gate comes from its MUDD connections instead).
-``"shared"`` is its "012 ... 012" pattern (2024-12-31 to 2026-01-28: three tables on the first
-and the last three layers), ``"every"`` the first record's (2024-12-05, one table per layer).
+``"shared"`` is its "012 ... 012" pattern (2024-12-31 to 2025-09-21: three tables on the first
+and the last three layers; until 2026-01-28 it then ran ".12 ... 012", layer 0 without its table),
+``"every"`` the first record's (2024-12-05, one table per layer).
 The plain form is what it ran 2025-12-14 to 2025-12-29 (``v + ve``); before that it mixed
 ``λ0·v + λ1·ve`` with learned scalars (not implemented here). Its gate is per
 query head and its values have ``num_heads`` heads (no GQA); ours is per key/value head, the same
