@@ -45,6 +45,7 @@ LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.p
 SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
 CONVERT_TESTS = ("tests/test_convert.py",)
 HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
+VEMBED_TESTS = ("tests/test_value_embeddings.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -311,6 +312,18 @@ MUTANTS = [
     Mutant("hf patch: gate_scale before the activation", STRATEGIES + "selective_gate.py",
            "self._scaled(layer, gate_activation(logits, self.act))", "gate_activation(self._scaled(layer, logits), self.act)",
            ("tests/test_reference_model.py", *HF_PATCH_TESTS)),
+    # value_embed: modded-nanogpt's value embeddings
+    Mutant("value_embed: gate σ instead of 2σ (starts at 1/2)", STRATEGIES + "value_embeddings.py",
+           "return 2 * torch.sigmoid(inp @", "return torch.sigmoid(inp @", VEMBED_TESTS),
+    Mutant("value_embed: gate reads the last channels of e", STRATEGIES + "value_embeddings.py",
+           "e.flatten(-2)[..., :k]", "e.flatten(-2)[..., -k:]", VEMBED_TESTS),
+    Mutant("value_embed: a layer reads the table of its gate's index (no sharing)", STRATEGIES + "value_embeddings.py",
+           "table = self.tables[self.table_of[layer]]", "table = self.tables[min(self.gate_of[layer], len(self.tables) - 1)]",
+           VEMBED_TESTS),
+    Mutant("value_embed: shared pattern mirrored (U-net) instead of 012...012", STRATEGIES + "value_embeddings.py",
+           "for layer in (j, L - k + j)", "for layer in (j, L - 1 - j)", VEMBED_TESTS),
+    Mutant("value_embed: init_std ignored", STRATEGIES + "value_embeddings.py",
+           "torch.randn(vocab_size, kv_dim) * self.init_std", "torch.randn(vocab_size, kv_dim) * 0.02", VEMBED_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic

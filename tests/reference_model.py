@@ -443,6 +443,44 @@ class AttnRes(Routing):
         self.x = y
 
 
+class ValueEmbed(Routing):
+    """modded-nanogpt's value embeddings: ``V'_i = V_i + g_i ⊙ E_τ(i)[t]`` on the chosen layers,
+    ``g_i = 2σ(W_i [h_i[:k]; e[:k]])`` per kv-head (``gate=False``: ``g = 1``)."""
+
+    def start(self, x0, tokens):
+        self.x, self.tokens = x0, tokens
+        L, layers, tables = self.spec.n_layers, self.opt.get("layers", "speedrun"), self.opt.get("tables")
+        if layers == "speedrun":  # 1, 2 and the last three, one table each
+            chosen = [i for i in range(L) if i in (1, 2, L - 3, L - 2, L - 1)]
+            pairs = [(i, n) for n, i in enumerate(chosen)]
+        elif layers == "shared":  # k tables, table j on layer j and on layer L - k + j
+            k = max(1, min(3, L // 2))
+            pairs = [(j, j) for j in range(k)] + [(L - k + j, j) for j in range(k)]
+        elif layers == "every":
+            pairs = [(i, i) for i in range(L)]
+        else:
+            tables = list(range(len(layers))) if tables is None else tables
+            pairs = [(i if i >= 0 else L + i, n) for i, n in zip(layers, tables)]
+        self.table = {i: n for i, n in pairs}
+        self.gate_index = {i: n for n, i in enumerate(sorted(self.table))}
+
+    def mix(self, i, v, v1, h):
+        if i not in self.table:
+            return v
+        b, t, kv, d = v.shape
+        e = self.p[f"strategy.tables.{self.table[i]}"][self.tokens]  # (b, t, kv·d)
+        k = self.opt.get("gate_width") or min(6, self.spec.d_model, kv * d)
+        out = torch.empty_like(v)
+        for head in range(kv):
+            g = torch.ones(b, t, dtype=v.dtype)
+            if self.opt.get("gate", True):
+                w = self.p[f"strategy.gates.{self.gate_index[i]}"][head]
+                logit = (h[..., :k] * w[:k]).sum(-1) + (e[..., :k] * w[k:]).sum(-1)
+                g = 2 / (1 + torch.exp(-logit))
+            out[:, :, head] = v[:, :, head] + g[..., None] * e[..., head * d : (head + 1) * d]
+        return out
+
+
 ROUTINGS: dict[str, type[Routing]] = {
     "baseline": Routing,
     "static": Static,
@@ -453,4 +491,5 @@ ROUTINGS: dict[str, type[Routing]] = {
     "attnres": AttnRes,
     "lerp": Lerp,
     "shortcut": Shortcut,
+    "value_embed": ValueEmbed,
 }

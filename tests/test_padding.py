@@ -41,7 +41,7 @@ def test_padded_batch_equals_each_prompt_alone(strategy, options, side):
         assert torch.equal(out[row, batch.shape[1] :], generate(model, p[None], 6)[0, len(p) :])
 
 
-@pytest.mark.parametrize("strategy", ["satformer", "mudd", "hyper"])
+@pytest.mark.parametrize("strategy", ["satformer", "mudd", "hyper", "value_embed"])
 def test_padded_decode_with_cache_equals_full_padded_forward(strategy):
     """Prefill a left-padded batch, then decode token by token: logits equal one padded forward."""
     cfg = tiny(strategy)

@@ -36,7 +36,8 @@ TABLE = {
 NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satformer": builders.satformer,
          "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections,
          "attnres": builders.attnres,
-         "lerp": builders.lerp_value_residual, "shortcut": builders.embedding_shortcut}
+         "lerp": builders.lerp_value_residual, "shortcut": builders.embedding_shortcut,
+         "value_embed": builders.value_embeddings}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))

@@ -64,6 +64,12 @@ CASES = [
     ("shortcut", {"x0_norm": True, "resid_init": 0.5, "x0_init": 0.25}, {"qk_norm": True}),
     ("shortcut", {"gate": True}, {}),
     ("shortcut", {"gate": True, "x0_norm": True, "norm_eps": 1e-3}, {"n_layers": 6, "tie_embeddings": False}),
+    ("value_embed", {}, {}),  # gated, "speedrun" at 5 layers: layers 1-4, one table each
+    ("value_embed", {"gate": False}, {"qk_norm": True}),
+    ("value_embed", {"layers": "shared"}, {"n_layers": 6}),  # tables 0, 1, 2 on layers 0-2 and 3-5
+    ("value_embed", {"layers": "every", "gate": False}, {"n_kv_heads": 1, "tie_embeddings": False}),
+    ("value_embed", {"layers": [4, 0, -3], "tables": [1, 0, 1], "gate_width": 3, "init_std": 0.05},
+     {"n_kv_heads": 4}),
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)

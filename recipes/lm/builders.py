@@ -14,6 +14,7 @@ says 24 heads and d_ff 5504, and 2048 is not divisible by 24. ``tiny`` is our CP
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -134,6 +135,19 @@ def embedding_shortcut(size: str = "small", gate: bool = False, x0_norm: bool = 
     """modded-nanogpt's embedding shortcut: block ℓ reads ``λr_ℓ x + λ0_ℓ x0`` (``gate``: λ0 per
     token; ``x0_norm``: RMS-normalise the embedding first, as modded-nanogpt)."""
     return model_config(size, "shortcut", strategy_options={"gate": gate, "x0_norm": x0_norm}, **overrides)
+
+
+def value_embeddings(
+    size: str = "small", gate: bool = True, layers: str | Sequence[int] = "speedrun",
+    tables: Sequence[int] | None = None, **overrides: Any
+) -> ModelConfig:
+    """modded-nanogpt's value embeddings: ``V' = V + g·E[token]`` on the layers of ``layers`` (a
+    pattern scaled to the depth, or layer indices, reading ``tables``), ``g = 2σ(W [h[:6]; e[:6]])``
+    (``gate=False``: 1). Index sequences are stored as lists, as a JSON config reads them back."""
+    options: dict[str, Any] = {"gate": gate, "layers": layers if isinstance(layers, str) else list(layers)}
+    if tables is not None:
+        options["tables"] = list(tables)
+    return model_config(size, "value_embed", strategy_options=options, **overrides)
 
 
 def count_params(cfg: ModelConfig) -> int:

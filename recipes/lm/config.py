@@ -168,7 +168,7 @@ class ModelConfig:
 
     @property
     def dims(self) -> ModelDims:
-        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim)
+        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.vocab_size)
 
     def block_spec(self, layer: int, separate_qkv_norms: bool = False) -> BlockSpec:
         """What the block factory needs to build block ``layer``."""

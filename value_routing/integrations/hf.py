@@ -172,7 +172,7 @@ def apply_value_routing(
     if len(base.layers) != n_layers:
         raise ValueError(f"the model has {len(base.layers)} layers, its config num_hidden_layers={n_layers}")
     dims = ModelDims(config.hidden_size, n_layers, config.num_attention_heads, config.num_key_value_heads,
-                     base.layers[0].self_attn.head_dim)
+                     base.layers[0].self_attn.head_dim, config.vocab_size)
     routing = build_strategy(strategy, dims, **options)
     weight = base.get_input_embeddings().weight
     routing.to(device=weight.device, dtype=weight.dtype)

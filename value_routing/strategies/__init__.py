@@ -24,6 +24,7 @@ from value_routing.strategies.hyper_connections import HyperConnections  # isort
 from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
 from value_routing.strategies.lerp_value_residual import LerpValueResidual  # isort: skip
 from value_routing.strategies.embedding_shortcut import EmbeddingShortcut  # isort: skip
+from value_routing.strategies.value_embeddings import ValueEmbeddings  # isort: skip
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
@@ -46,6 +47,7 @@ __all__ = [
     "SelectiveGate",
     "StaticValueResidual",
     "Strategy",
+    "ValueEmbeddings",
     "ValueResidual",
     "build_strategy",
     "strategy_options",

@@ -75,13 +75,15 @@ class BlockInput(NamedTuple):
 @dataclass(frozen=True)
 class ModelDims:
     """The model dimensions a strategy may need to size its parameters. ``head_dim`` defaults to
-    ``d_model // n_heads``; models that decouple the two (Qwen3, Gemma) give it."""
+    ``d_model // n_heads``; models that decouple the two (Qwen3, Gemma) give it. ``vocab_size``:
+    for strategies with per-token tables; ``None`` when the caller has no vocabulary."""
 
     d_model: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
     head_dim: int | None = None  # None: d_model // n_heads (an int after __post_init__)
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -162,7 +164,7 @@ def strategy_options(name: str) -> dict[str, Any]:
     import inspect
 
     params = inspect.signature(STRATEGIES.lookup(name).__init__).parameters
-    dims = {"self", "n_layers", "d_model", "n_heads", "n_kv_heads"}
+    dims = {"self", "n_layers", "d_model", "n_heads", "n_kv_heads", "vocab_size"}
     return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in params.items()
             if k not in dims and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
