@@ -383,7 +383,8 @@ class HyperConnections(Routing):
 
 class Lerp(Routing):
     """x-transformers' learned value-residual mix: ``V'_n = μ V_n + (1 − μ) V1``,
-    ``μ = σ(W_n h_n + b_n)`` per token and kv-head, on layers ``1..L-1``."""
+    ``μ = σ(W_n h_n + b_n)`` per token and kv-head, on layers ``1..L-1``; with ``mix_scale``
+    ``V'_n = V_n + s_n (1 − μ) (V1 − V_n)``, ``s_n`` per kv-head."""
 
     def mix(self, i, v, v1, h):
         if i == 0:
@@ -392,7 +393,11 @@ class Lerp(Routing):
         out = torch.empty_like(v)
         for head in range(v.shape[2]):
             mu = 1 / (1 + torch.exp(-(h @ w[head] + b[head])))  # (batch, seq)
-            out[:, :, head] = mu[..., None] * v[:, :, head] + (1 - mu[..., None]) * v1[:, :, head]
+            if self.opt.get("mix_scale") is None:
+                out[:, :, head] = mu[..., None] * v[:, :, head] + (1 - mu[..., None]) * v1[:, :, head]
+            else:
+                s = self.p[f"strategy.mix_scales.{i - 1}"][head]
+                out[:, :, head] = v[:, :, head] + (s * (1 - mu[..., None])) * (v1[:, :, head] - v[:, :, head])
         return out
 
 
@@ -437,7 +442,8 @@ class AttnRes(Routing):
         eps = self.opt.get("norm_eps", 1e-6)
         logits = torch.stack([(rms_norm(v, g, eps) * w).sum(-1) for v in sources], dim=-1)
         alpha = softmax(logits)
-        return sum(alpha[..., n, None] * v for n, v in enumerate(sources))
+        scale = len(sources) if self.opt.get("scale_by_sources", False) else 1
+        return scale * sum(alpha[..., n, None] * v for n, v in enumerate(sources))
 
     def leave(self, i, y):
         self.x = y

@@ -57,9 +57,13 @@ CASES = [
     ("attnres", {"block_size": 2}, {}),
     ("attnres", {"block_size": 4, "impl": "stack"}, {"n_layers": 6}),
     ("attnres", {"block_size": 6, "norm_eps": 1e-3}, {"tie_embeddings": False}),  # 10 sublayers: last block partial
+    ("attnres", {"scale_by_sources": True}, {}),  # the function-preserving start of the HF adapter
+    ("attnres", {"scale_by_sources": True, "block_size": 4}, {"n_layers": 6}),
     ("lerp", {}, {}),
     ("lerp", {"init_std": 0.02, "bias_init": 2.0}, {"qk_norm": True, "n_kv_heads": 4}),
     ("lerp", {}, {"n_kv_heads": 1, "tie_embeddings": False}),
+    ("lerp", {"mix_scale": 0.0}, {}),  # the function-preserving start of the HF adapter
+    ("lerp", {"mix_scale": 0.5, "bias_init": 1.0}, {"n_kv_heads": 4}),
     ("shortcut", {}, {}),
     ("shortcut", {"x0_norm": True, "resid_init": 0.5, "x0_init": 0.25}, {"qk_norm": True}),
     ("shortcut", {"gate": True}, {}),

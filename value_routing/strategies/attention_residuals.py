@@ -36,6 +36,16 @@ stream divided by the number of sources, which the scale-invariant pre-norms and
 see (the model *is* the baseline up to the norms' :math:`\epsilon`). Queries and scales are 1-D
 parameters (no weight decay under the recipes' "matrices only" rule).
 
+``scale_by_sources=True`` multiplies every mix by its number of sources, :math:`h_m = n_m \sum_i
+\alpha_{m,i} v_i`: a uniform mix is then the *sum* of the sources, :math:`x_0 + \sum_{j<m} o_j`,
+the baseline's stream itself (for Block AttnRes too: the blocks and the partial sum add up to it),
+so the start is the baseline in exact arithmetic, :math:`\epsilon` included (in floating point up to
+the rounding of :math:`n_m \cdot \frac{1}{n_m}`). That is the function-preserving start
+(:meth:`~value_routing.strategies.base.Strategy.preserving_options`). A constant factor on a mix is
+invisible to the sublayer's pre-norm but for :math:`\epsilon`, and the learned weights keep their
+meaning (a convex mix, scaled). The queries learn from the first step, the key-norm scales from the
+second (their gradient is :math:`\propto w_m = 0`), as in the paper's own start.
+
 Memory: the sources are written once into one buffer of :math:`1 + \lfloor 2L/S \rfloor` slots
 (:mod:`~value_routing.strategies.depth_states`), :math:`O(L d)` per token for Full and
 :math:`O(N d)` for Block (:math:`N` blocks), plus the running partial sum; an autograd function
@@ -57,7 +67,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from value_routing.kernels.depth_aggregate import depth_aggregate
-from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, fix_options
 from value_routing.strategies.depth_states import (
     DepthStates,
     append_depth_state,
@@ -147,7 +157,8 @@ class AttentionResiduals(Strategy):
     """Full (``block_size=1``) or Block Attention Residuals (see module docstring for the equation)."""
 
     def __init__(
-        self, d_model: int, n_layers: int, block_size: int = 1, impl: str = "buffer", norm_eps: float = 1e-6
+        self, d_model: int, n_layers: int, block_size: int = 1, impl: str = "buffer", norm_eps: float = 1e-6,
+        scale_by_sources: bool = False,
     ) -> None:
         super().__init__(n_layers)
         if d_model < 1:
@@ -161,6 +172,9 @@ class AttentionResiduals(Strategy):
             )
         if not norm_eps >= 0:
             raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
+        if not isinstance(scale_by_sources, bool):
+            raise ValueError(f"scale_by_sources must be True or False, got {scale_by_sources!r}")
+        self.scale_by_sources = scale_by_sources
         self.d_model, self.block_size, self.impl, self.norm_eps = d_model, block_size, check_impl(impl), norm_eps
         # mix m = 1 .. 2L (the inputs of sublayers 1 .. 2L-1, then the final norm's) is index m - 1
         self.queries = nn.ParameterList(nn.Parameter(torch.zeros(d_model)) for _ in range(2 * n_layers))
@@ -169,6 +183,11 @@ class AttentionResiduals(Strategy):
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "AttentionResiduals":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
+
+    @classmethod
+    def preserving_options(cls, options):
+        # a uniform mix of the sources, times their number, is their sum: the baseline's stream
+        return fix_options("attnres", options, {"scale_by_sources": True})
 
     @property
     def n_slots(self) -> int:
@@ -204,8 +223,11 @@ class AttentionResiduals(Strategy):
         if m % self.block_size == 0:  # the block is complete: it becomes a source of its own
             blocks, partial = append_depth_state(blocks, partial), None
         u = self.queries[m - 1].to(dtype) * self.key_scales[m - 1].to(dtype)
-        return attention_residual(blocks, partial, u, self.norm_eps).to(x.dtype), AttnResState(blocks, partial)
+        h = attention_residual(blocks, partial, u, self.norm_eps)
+        if self.scale_by_sources:
+            h = h * (len(blocks.handles) + (partial is not None))
+        return h.to(x.dtype), AttnResState(blocks, partial)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_layers={self.n_layers}, block_size={self.block_size}, "
-                f"impl={self.impl!r}, norm_eps={self.norm_eps}")
+                f"impl={self.impl!r}, norm_eps={self.norm_eps}, scale_by_sources={self.scale_by_sources}")

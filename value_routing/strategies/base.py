@@ -164,7 +164,7 @@ def strategy_options(name: str) -> dict[str, Any]:
     import inspect
 
     params = inspect.signature(STRATEGIES.lookup(name).__init__).parameters
-    dims = {"self", "n_layers", "d_model", "n_heads", "n_kv_heads", "vocab_size"}
+    dims = {"self", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "vocab_size"}
     return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in params.items()
             if k not in dims and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 

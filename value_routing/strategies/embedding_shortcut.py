@@ -11,6 +11,10 @@ for every block :math:`\ell = 0 \dots L-1` (block 0 too, where it rescales :math
 :math:`\lambda_{r,0} + \lambda_{0,0}`); the final norm reads :math:`x_L` unmixed. The scalars are
 learned per layer and start at :math:`\lambda_r = 1, \lambda_0 = 0` (``resid_init``,
 ``x0_init``): the baseline. They are 1-D parameters, so the recipes do not decay them.
+These defaults with ``x0_norm=False`` are the function-preserving start
+(:meth:`~value_routing.strategies.base.Strategy.preserving_options`): exactly the baseline, and every
+new parameter gets a gradient on the first step (:math:`\partial/\partial\lambda_0 \propto x_0`,
+:math:`\partial/\partial w \propto n(x)\, x_0`).
 
 ``gate=True`` makes :math:`\lambda_0` per token,
 
@@ -38,7 +42,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, rms_normalize
+from value_routing.strategies.base import (
+    STRATEGIES,
+    BlockInput,
+    ModelDims,
+    Strategy,
+    check_layer,
+    fix_options,
+    rms_normalize,
+)
 from value_routing.typing import Float, Tensor, shapecheck
 
 
@@ -74,6 +86,11 @@ class EmbeddingShortcut(Strategy):
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "EmbeddingShortcut":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
+
+    @classmethod
+    def preserving_options(cls, options):
+        # λr = 1, λ0 = 0, w = 0 (the defaults) are the baseline; x0_norm would rescale the stream
+        return fix_options("shortcut", options, {"x0_norm": False, "resid_init": 1.0, "x0_init": 0.0})
 
     @shapecheck
     def x0_weight(self, layer: int, x: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "#batch #seq 1"]:

@@ -28,6 +28,16 @@ near :math:`\sigma(0) = 0.5`: ResFormer's fixed half-and-half mix. A number draw
 :math:`\mathcal{N}(0, \text{init\_std}^2)` or sets :math:`b` to that constant (``bias_init=4``
 starts near the baseline, :math:`\mu \approx 0.98`).
 
+No sigmoid gate reaches :math:`\mu = 1`, so ``mix_scale`` adds a learned per-head scale
+:math:`s_n \in \mathbb{R}^{n_\text{kv}}`, initialised to that value, on the lerp weight:
+
+.. math:: V'_n = V_n + s_n \odot (1 - \mu_n) \odot (V_1 - V_n)
+
+(``None``, the default, is the plain lerp; :math:`s_n = 1` is the same function). ``mix_scale=0``
+is the function-preserving start (:meth:`~value_routing.strategies.base.Strategy.preserving_options`):
+exactly :math:`V'_n = V_n`; :math:`s_n` learns from the first step, :math:`W_n, b_n` from the
+second (their gradient is :math:`\propto s_n`), as SATFormer's ``gate_scale``.
+
 Use in your own attention (the state is :math:`V_1`, stored by layer 0)::
 
     mix = LerpValueResidual(d_model=512, n_layers=8, n_kv_heads=4)
@@ -39,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer
+from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer, fix_options
 from value_routing.typing import Float, Tensor, shapecheck
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -61,7 +71,7 @@ class LerpValueResidual(ValueResidual):
 
     def __init__(
         self, d_model: int, n_layers: int, n_kv_heads: int, init_std: float | None = None,
-        bias_init: float | None = None,
+        bias_init: float | None = None, mix_scale: float | None = None,
     ) -> None:
         super().__init__(n_layers)
         if d_model < 1:
@@ -70,6 +80,7 @@ class LerpValueResidual(ValueResidual):
             raise ValueError(f"n_kv_heads must be >= 1, got {n_kv_heads}")
         _check_number("init_std", init_std, minimum=0.0)
         _check_number("bias_init", bias_init)
+        _check_number("mix_scale", mix_scale)
         self.d_model, self.n_kv_heads, self.init_std, self.bias_init = d_model, n_kv_heads, init_std, bias_init
         # one gate per layer 1..L-1 (index layer - 1); nn.Linear's own init unless told otherwise
         self.gates = nn.ModuleList(nn.Linear(d_model, n_kv_heads) for _ in range(n_layers - 1))
@@ -78,10 +89,18 @@ class LerpValueResidual(ValueResidual):
                 nn.init.normal_(gate.weight, std=init_std)
             if bias_init is not None:
                 nn.init.constant_(gate.bias, bias_init)
+        self.mix_scale = mix_scale
+        self.mix_scales = None if mix_scale is None else nn.ParameterList(
+            nn.Parameter(torch.full((n_kv_heads,), float(mix_scale))) for _ in self.gates
+        )
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "LerpValueResidual":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, n_kv_heads=dims.n_kv_heads, **options)
+
+    @classmethod
+    def preserving_options(cls, options):
+        return fix_options("lerp", options, {"mix_scale": 0.0})
 
     @shapecheck
     def mix(self, layer: int, h: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq kv_heads"]:
@@ -92,10 +111,14 @@ class LerpValueResidual(ValueResidual):
         return torch.sigmoid(self.gates[layer - 1](h))
 
     def mix_v1(self, layer, v, v1, h, logits=None):
-        """``lerp(V1, V, μ) = μ·V + (1 − μ)·V1``."""
+        """``lerp(V1, V, μ) = μ·V + (1 − μ)·V1``; ``V + s·(1 − μ)·(V1 − V)`` with ``mix_scale``."""
         # lerp's backward needs v (dμ ∝ v − V1): save a copy, not the QKV output v is a slice of
-        return torch.lerp(v1, v.contiguous(), self.mix(layer, h).unsqueeze(-1))
+        v, mu = v.contiguous(), self.mix(layer, h)
+        if self.mix_scales is None:
+            return torch.lerp(v1, v, mu.unsqueeze(-1))
+        weight = self.mix_scales[layer - 1].to(mu.dtype) * (1 - mu)  # the weight of V1
+        return torch.lerp(v, v1, weight.unsqueeze(-1))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
-                f"init_std={self.init_std}, bias_init={self.bias_init}")
+                f"init_std={self.init_std}, bias_init={self.bias_init}, mix_scale={self.mix_scale}")

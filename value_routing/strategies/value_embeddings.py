@@ -16,7 +16,10 @@ where :math:`E_\tau \in \mathbb{R}^{V \times H_\text{kv} d_h}` is table :math:`\
 :math:`W_\ell \in \mathbb{R}^{H_\text{kv} \times 2k}` starts at zero, so :math:`g_\ell = 1` at init.
 :math:`g_\ell` has shape ``batch seq kv_heads`` and broadcasts over ``head_dim``. ``gate=False``
 is the plain form :math:`V'_\ell = V_\ell + E_{\tau(\ell)}[t]`. Tables start at
-:math:`\mathcal{N}(0, \text{init\_std}^2)` (0.01); ``init_std=0`` starts them at zero (the baseline).
+:math:`\mathcal{N}(0, \text{init\_std}^2)` (0.01); ``init_std=0`` starts them at zero (the baseline):
+the function-preserving start (:meth:`~value_routing.strategies.base.Strategy.preserving_options`),
+where the tables learn from the first step and :math:`W_\ell` from the second (its gradient is
+:math:`\propto e_\ell`).
 
 Which layers get a table and which table each reads (``layers``, ``tables``): a named pattern
 scaled to the depth :math:`L`, or explicit layer indices (negative ones count from the end) with,
@@ -56,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, fix_options
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
 #: The named layer patterns of ``layers``.
@@ -122,20 +125,22 @@ class ValueEmbeddings(Strategy):
     def __init__(
         self, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, vocab_size: int | None,
         gate: bool = True, layers: str | Sequence[int] = "speedrun", tables: Sequence[int] | None = None,
-        gate_width: int | None = None, init_std: float = 0.01,
+        gate_width: int | None = None, init_std: float = 0.01, head_dim: int | None = None,
     ) -> None:
         super().__init__(n_layers)
         if not _is_int(vocab_size) or vocab_size < 1:
             raise ValueError(f"vocab_size must be an integer >= 1 (value_embed has one row per token: "
                              f"ModelDims(vocab_size=...)), got {vocab_size!r}")
-        if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads or d_model % n_heads:
+        if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads or (head_dim is None and d_model % n_heads):
             raise ValueError(f"d_model ({d_model}), n_heads ({n_heads}) and n_kv_heads ({n_kv_heads}) must be "
-                             "positive, n_heads divisible by n_kv_heads and d_model by n_heads")
+                             "positive, n_heads divisible by n_kv_heads and (without head_dim) d_model by n_heads")
         if not isinstance(gate, bool):
             raise ValueError(f"gate must be True or False, got {gate!r}")
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not 0 <= init_std < float("inf"):
             raise ValueError(f"init_std must be a finite number >= 0, got {init_std!r}")
-        self.head_dim = d_model // n_heads
+        if head_dim is not None and not (_is_int(head_dim) and head_dim >= 1):
+            raise ValueError(f"head_dim must be None (d_model // n_heads) or an integer >= 1, got {head_dim!r}")
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
         kv_dim = n_kv_heads * self.head_dim
         widest = min(d_model, kv_dim)
         if gate_width is not None and not (_is_int(gate_width) and 1 <= gate_width <= widest):
@@ -158,7 +163,13 @@ class ValueEmbeddings(Strategy):
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "ValueEmbeddings":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads,
-                   vocab_size=dims.vocab_size, **options)
+                   vocab_size=dims.vocab_size, head_dim=dims.head_dim, **options)
+
+    @classmethod
+    def preserving_options(cls, options):
+        # zero tables add nothing; they learn on the first step (the gate, 2σ(0) = 1, passes their
+        # gradient), the gate's W from the second (its gradient is ∝ E[t])
+        return fix_options("value_embed", options, {"init_std": 0.0})
 
     @shapecheck
     def embedding(self, layer: int, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq kv_heads head_dim"]:
