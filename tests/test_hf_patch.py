@@ -166,6 +166,69 @@ def test_gate_scale_must_be_a_number(bad):
         SelectiveGate(d_model=8, n_layers=3, n_kv_heads=2, gate_scale=bad)
 
 
+@given(scale=st.floats(-2, 2), bias=st.floats(-3, 3))
+def test_mix_scale_scales_the_lerp_weight(scale, bias):
+    from value_routing import LerpValueResidual
+
+    mix = LerpValueResidual(d_model=8, n_layers=3, n_kv_heads=2, mix_scale=scale, bias_init=bias).double()
+    s = torch.tensor([scale, -0.5], dtype=torch.float64)  # a head of its own: the scale is per head
+    with torch.no_grad():
+        mix.mix_scales[1].copy_(s)
+    v, v1, h = (torch.randn(*shape, dtype=torch.float64) for shape in ((2, 5, 2, 4), (2, 5, 2, 4), (2, 5, 8)))
+    mu = torch.sigmoid(mix.gates[1](h))
+    want = v + (s * (1 - mu))[..., None] * (v1 - v)
+    torch.testing.assert_close(mix.mix_v1(2, v, v1, h), want, rtol=1e-12, atol=1e-12)
+    start = LerpValueResidual(d_model=8, n_layers=3, n_kv_heads=2, **LerpValueResidual.preserving_options({}))
+    assert torch.equal(start.mix_v1(1, v.float(), v1.float(), h.float()), v.float())
+
+
+@pytest.mark.parametrize("bad", [True, "0", [0.0], float("inf")])
+def test_mix_scale_must_be_a_number(bad):
+    from value_routing import LerpValueResidual
+
+    with pytest.raises(ValueError, match="mix_scale"):
+        LerpValueResidual(d_model=8, n_layers=3, n_kv_heads=2, mix_scale=bad)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_scale_by_sources_must_be_a_bool(bad):
+    from value_routing import AttentionResiduals
+
+    with pytest.raises(ValueError, match="scale_by_sources"):
+        AttentionResiduals(d_model=8, n_layers=2, scale_by_sources=bad)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_scale_by_sources_makes_the_uniform_start_the_sum(block_size):
+    """At zero queries a mix of n sources times n is their sum: x0 + every output so far."""
+    from value_routing import AttentionResiduals
+
+    res = AttentionResiduals(d_model=8, n_layers=3, block_size=block_size, scale_by_sources=True).double()
+    x0 = torch.randn(2, 5, 8, dtype=torch.float64)
+    inp, state = res.init_state(x0)
+    total = x0
+    for layer in range(3):
+        for sub in (0, 1):
+            out = torch.randn(2, 5, 8, dtype=torch.float64)
+            total = total + out
+            h, state = res.residual(layer, sub, inp.x, out, state)
+            torch.testing.assert_close(h, total, rtol=1e-13, atol=1e-13)
+    plain = AttentionResiduals(d_model=8, n_layers=1, block_size=block_size)
+    _, st0 = plain.init_state(x0)
+    h, _ = plain.double().residual(0, 0, x0, 3 * x0, st0)  # the paper's start: the mean of x0 and o_0 = 3 x0
+    torch.testing.assert_close(h, 2 * x0, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize(("strategy", "options", "named"), [
+    ("lerp", {"mix_scale": 1.0}, "mix_scale=0.0"), ("attnres", {"scale_by_sources": False}, "scale_by_sources=True"),
+    ("shortcut", {"x0_norm": True}, "x0_norm=False"), ("shortcut", {"x0_init": 0.5}, "x0_init=0.0"),
+    ("value_embed", {"init_std": 0.01}, "init_std=0.0"),
+])
+def test_new_strategies_refuse_options_that_rule_the_start_out(strategy, options, named):
+    with pytest.raises(ValueError, match=f"{named}.*preserve_function=False"):
+        apply_value_routing(model("llama"), strategy, **options)
+
+
 def test_preserving_start_refuses_conflicting_options():
     with pytest.raises(ValueError, match="lambda1=0.0.*preserve_function=False"):
         apply_value_routing(model("llama"), "static", lambda1=0.5)
