@@ -324,6 +324,19 @@ MUTANTS = [
            "for layer in (j, L - k + j)", "for layer in (j, L - 1 - j)", VEMBED_TESTS),
     Mutant("value_embed: init_std ignored", STRATEGIES + "value_embeddings.py",
            "torch.randn(vocab_size, kv_dim) * self.init_std", "torch.randn(vocab_size, kv_dim) * 0.02", VEMBED_TESTS),
+    # hf2: the function-preserving starts of lerp, attnres, shortcut, value_embed; the HF cross-check
+    Mutant("hf2: lerp mix_scale weighs V1 by mu, not 1 - mu", STRATEGIES + "lerp_value_residual.py",
+           "self.mix_scales[layer - 1].to(mu.dtype) * (1 - mu)", "self.mix_scales[layer - 1].to(mu.dtype) * mu",
+           ("tests/test_reference_model.py", *HF_PATCH_TESTS)),
+    Mutant("hf2: attnres scale_by_sources forgets the partial sum", STRATEGIES + "attention_residuals.py",
+           "h = h * (len(blocks.handles) + (partial is not None))", "h = h * len(blocks.handles)",
+           (*HF_PATCH_TESTS, "tests/test_reference_model.py")),
+    Mutant("hf2: shortcut's preserving start leaves x0_norm free", STRATEGIES + "embedding_shortcut.py",
+           '{"x0_norm": False, "resid_init": 1.0, "x0_init": 0.0}', '{"resid_init": 1.0, "x0_init": 0.0}',
+           HF_PATCH_TESTS),
+    Mutant("hf2: value_embed ignores a decoupled head_dim", STRATEGIES + "value_embeddings.py",
+           "self.head_dim = d_model // n_heads if head_dim is None else head_dim", "self.head_dim = d_model // n_heads",
+           ("tests/test_hf_cross.py",)),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
