@@ -13,6 +13,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
     ("attnres", {"block_size": 2}),
+    ("mhc", {"form": "ours"}),
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

@@ -35,7 +35,7 @@ TABLE = {
 #: The named builders of the strategies (thin wrappers of ``model_config``).
 NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satformer": builders.satformer,
          "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections,
-         "attnres": builders.attnres}
+         "attnres": builders.attnres, "mhc": builders.mhc}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))

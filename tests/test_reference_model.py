@@ -50,6 +50,11 @@ CASES = [
     ("attnres", {"block_size": 2}, {}),
     ("attnres", {"block_size": 4, "impl": "stack"}, {"n_layers": 6}),
     ("attnres", {"block_size": 6, "norm_eps": 1e-3}, {"tie_embeddings": False}),  # 10 sublayers: last block partial
+    ("mhc", {}, {}),
+    ("mhc", {"rate": 3, "sinkhorn_iters": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
+    ("mhc", {"rate": 2, "sinkhorn_iters": 1, "hc_eps": 1e-3}, {"tie_embeddings": False}),  # DeepSeek-V4's floors
+    ("mhc", {"form": "ours"}, {}),
+    ("mhc", {"form": "ours", "rate": 1, "sinkhorn_iters": 2}, {"qk_norm": True}),
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)

@@ -124,6 +124,17 @@ def attnres(size: str = "small", block_size: int = 1, impl: str = "buffer", **ov
     return model_config(size, "attnres", strategy_options={"block_size": block_size, "impl": impl}, **overrides)
 
 
+def mhc(
+    size: str = "small", rate: int = 4, sinkhorn_iters: int = 20, form: str | None = None, **overrides: Any
+) -> ModelConfig:
+    """mHC: ``rate`` residual streams whose mixing matrix is projected onto the doubly stochastic
+    matrices by ``sinkhorn_iters`` Sinkhorn–Knopp iterations (``form`` default ``"authors"``: one
+    connection per sublayer, the paper's and DeepSeek-V4's; ``"ours"``: one per block)."""
+    return model_config(
+        size, "mhc", strategy_options=_given(rate=rate, sinkhorn_iters=sinkhorn_iters, form=form), **overrides
+    )
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count of ``cfg``, computed on the meta device (no memory is allocated)."""
     from recipes.lm.model import CausalLM

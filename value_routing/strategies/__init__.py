@@ -22,6 +22,7 @@ from value_routing.strategies.dense import DenseAggregation  # isort: skip
 from value_routing.strategies.mudd import DynamicDenseAggregation  # isort: skip
 from value_routing.strategies.hyper_connections import HyperConnections  # isort: skip
 from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
+from value_routing.strategies.manifold_hyper_connections import ManifoldHyperConnections  # isort: skip
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
@@ -37,6 +38,7 @@ __all__ = [
     "DenseAggregation",
     "DynamicDenseAggregation",
     "HyperConnections",
+    "ManifoldHyperConnections",
     "ModelDims",
     "NoReuse",
     "SelectiveGate",
