@@ -47,18 +47,22 @@ each sublayer (:math:`2L` in all, connection :math:`m = 2\,\mathrm{layer} + \mat
 + MLP output), as :class:`~value_routing.HyperConnections`' ``"ours"``. The routing through the
 ``residual`` hook is HyperConnections' (this class reuses it); only the weights differ.
 
-**Init.** :math:`\alpha = 0.01` (``scale_init``, the paper's only stated init), :math:`b = 0`,
-:math:`\varphi \sim \mathcal{N}(0, 0.02^2)` (``proj_std``; the paper states none, and 0.02 is the
-``initializer_range`` Hugging Face's DeepSeek-V4 draws ``fn`` from). The static part is then
-exactly :math:`\mathcal{H}^{\mathrm{pre}} = \tfrac12 \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{post}}
-= \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{res}} = \tfrac1n J`: every stream is the baseline's
-residual stream, each sublayer reads :math:`\tfrac n2` times it (which its pre-norm removes) and
-the output is :math:`n` times it — the baseline up to the norms' :math:`\epsilon`. On top sits the
-dynamic part, :math:`O(\alpha)`. A zero :math:`\varphi` would keep the model *exactly* the
-baseline but also keep the streams identical for ever: the static part treats them symmetrically,
-so their gradients are symmetric too. The random :math:`\varphi` breaks that symmetry (HC breaks it
-with its one-hot :math:`A_m`). Biases and scales are 1-D parameters (not decayed under the
-recipes' rule), the projections matrices (decayed).
+**Init.** :math:`\alpha = 0.01` (``scale_init``, the only init the paper states);
+:math:`b^{\mathrm{pre}} = \sigma^{-1}(1/n) = -\log(n - 1)` (0 for :math:`n = 1`),
+:math:`b^{\mathrm{post}} = b^{\mathrm{res}} = 0`; :math:`\varphi \sim \mathcal{N}(0, 0.02^2)`
+(``proj_std``: 0.02 is the ``initializer_range`` Hugging Face's DeepSeek-V4 draws its ``fn``
+from; it sets ``base`` to 0 and ``scale`` to 1). The static part is then exactly
+:math:`\mathcal{H}^{\mathrm{pre}} = \mathbf{1}/n` (the neutral read weights of the paper's
+Table 1), :math:`\mathcal{H}^{\mathrm{post}} = \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{res}} =
+\tfrac1n J`: every stream is the baseline's residual stream, every sublayer (both forms) reads
+exactly it, and the output is :math:`n` times it — the baseline up to the final norm's
+:math:`\epsilon` (for :math:`n = 1` the read weight is ½, which only the authors' form, whose
+sublayers are all pre-normed, ignores). On top sits the dynamic part, of order :math:`\alpha`. A
+zero :math:`\varphi` would keep the model exactly the baseline but also keep the streams
+identical for ever: the static part treats them alike, so their gradients are alike too. The
+random :math:`\varphi` breaks that symmetry (HC breaks it with its one-hot :math:`A_m`). Biases
+and scales are 1-D parameters (not decayed under the recipes' rule), the projections matrices
+(decayed).
 
 **Where the paper and DeepSeek-V4 differ** (``DeepseekV4HyperConnection`` in transformers), we
 follow the paper by default: V4's floor ``hc_eps`` (1e-6) is added to :math:`\sigma(\cdot)` for
@@ -134,8 +138,16 @@ class ManifoldHyperConnections(HyperConnections):
         self.n_connections = n_layers * (2 if form == "authors" else 1)
         width, m = rate * (rate + 2), self.n_connections
         self.proj = nn.ParameterList(nn.Parameter(proj_std * torch.randn(width, rate * d_model)) for _ in range(m))
-        self.bias = nn.ParameterList(nn.Parameter(torch.zeros(width)) for _ in range(m))
+        self.bias = nn.ParameterList(nn.Parameter(self._static_init()) for _ in range(m))
         self.scales = nn.ParameterList(nn.Parameter(torch.full((3,), float(scale_init))) for _ in range(m))
+
+    def _static_init(self) -> Float[Tensor, "width"]:
+        """:math:`b`: pre :math:`\\sigma^{-1}(1/n)` (so that :math:`\\mathcal{H}^{\\mathrm{pre}} = \\mathbf{1}/n`;
+        0 for :math:`n = 1`), post and res 0."""
+        b = torch.zeros(self.rate * (self.rate + 2))
+        if self.rate > 1:
+            b[: self.rate] = -math.log(self.rate - 1)
+        return b
 
     def mappings(
         self, m: int, hyper: Float[Tensor, "streams batch seq dim"], dtype: torch.dtype | None = None
