@@ -41,6 +41,7 @@ TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
 SAMPLING_TESTS = ("tests/test_sampling.py",)
 SHARD_TESTS = ("tests/test_shards.py",)
 ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
+MHC_TESTS = ("tests/test_mhc.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -251,6 +252,18 @@ MUTANTS = [
     Mutant("attnres: Block buffer sized like Full", STRATEGIES + "attention_residuals.py",
            "return 1 + 2 * self.n_layers // self.block_size", "return 1 + 2 * self.n_layers",
            ("tests/test_bench_depth.py",)),
+    # mHC, manifold-constrained hyper-connections (mhc)
+    Mutant("mhc: Sinkhorn starts with the rows", STRATEGIES + "manifold_hyper_connections.py",
+           "m = torch.softmax(logits, dim=-2) + eps", "m = torch.softmax(logits, dim=-1) + eps", MHC_TESTS),
+    Mutant("mhc: one Sinkhorn iteration short", STRATEGIES + "manifold_hyper_connections.py",
+           "for _ in range(iters - 1):", "for _ in range(max(iters - 2, 0)):", MHC_TESTS),
+    Mutant("mhc: post without its factor 2", STRATEGIES + "manifold_hyper_connections.py",
+           "post = 2 * torch.sigmoid(", "post = torch.sigmoid(", MHC_TESTS),
+    Mutant("mhc: RMS of the first stream, not the flattened n·d stream", STRATEGIES + "manifold_hyper_connections.py",
+           "hyper.pow(2).mean(dim=(0, -1))", "hyper[0].pow(2).mean(-1)", MHC_TESTS),
+    Mutant("mhc: residual matrix transposed (V4's layout)", STRATEGIES + "manifold_hyper_connections.py",
+           "torch.cat((pre.unsqueeze(-2), res), dim=-2)", "torch.cat((pre.unsqueeze(-2), res.transpose(-1, -2)), dim=-2)",
+           MHC_TESTS),
 ]
 
 #: Tests left out: compiled == eager compares the model with itself (it cannot see a semantic
