@@ -65,15 +65,20 @@ and scales are 1-D parameters (not decayed under the recipes' rule), the project
 (decayed).
 
 **Where the paper and DeepSeek-V4 differ** (``DeepseekV4HyperConnection`` in transformers), we
-follow the paper by default: V4's floor ``hc_eps`` (1e-6) is added to :math:`\sigma(\cdot)` for
-pre, to the first normalised matrix, and to every Sinkhorn denominator — our ``hc_eps``, default
-0; V4's flat-stream norm takes the model's ``rms_norm_eps`` (the paper's table: 1e-20), ours
-``norm_eps``, default the machine epsilon of the activations' dtype (:meth:`eps`). V4 starts
-Sinkhorn from a softmax over the output streams — :math:`T_c(\exp(\cdot))`, the same matrix
-without overflow; we do too. V4 stores the transposed residual matrix (it mixes with
-``comb.T @ x``) and collapses the streams before the final norm with a learned
-:math:`\sigma`-weighted head; we sum them (HC's output). The mixing math runs in float32 (or the
-input's dtype if wider), as both do; everything is per token.
+follow the paper by default: it specifies the method, and its projection is the one whose
+properties (rows summing to 1, columns within the Sinkhorn bound) the tests hold us to; V4's
+floors are numerical guards of a bfloat16 production model. V4's floor ``hc_eps`` (1e-6) is added
+to :math:`\sigma(\cdot)` for pre, to the first normalised matrix and to every Sinkhorn denominator
+— our ``hc_eps``, default 0 (a zero row would then need residual logits spread wider than
+float32's ``exp`` range, ~87). V4's flat-stream norm takes the model's ``rms_norm_eps`` (the
+paper's table: 1e-20), ours ``norm_eps``, default the machine epsilon of the activations' dtype
+(:meth:`eps`). V4 starts Sinkhorn from a softmax over the output streams —
+:math:`T_c(\exp(\cdot))`, the same matrix without overflow; we do too. V4 stores the transposed
+residual matrix (it mixes with ``comb.T @ x``) and collapses the streams before the final norm
+with a learned :math:`\sigma`-weighted head; we sum them (HC's output). Both compute the
+coefficients in float32; V4 then mixes in the activations' dtype, we keep the streams and the
+mixing in float32 (or the input's dtype if wider), as :class:`~value_routing.HyperConnections`
+does. Everything is per token.
 """
 
 from __future__ import annotations
