@@ -16,8 +16,9 @@
 Sinkhorn bound: with :math:`\\tau = \\tanh(\\Delta/4)`, :math:`\\Delta = \\max(L_{ij} + L_{kl} -
 L_{il} - L_{kj})` the logits' projective diameter (Birkhoff's contraction ratio of one
 normalisation), after :math:`t` iterations every column sum is within :math:`(n-1)\\,\\tau^{2t-1}`
-of 1 (the trivial bound at :math:`\\tau = 1`; measured worst case below it by ≥ 1.8× on random
-logits, n ≤ 6).
+of 1 (at :math:`\\tau = 1` the trivial bound). A bound we measured, not one we proved: over 1.2e5
+random logit matrices (n = 2..6, std 0.1..5, t = 1..30) the worst column error came to 0.9998 of
+it for n = 2 (as τ → 1) and to at most 0.81 of it for n ≥ 3.
 """
 
 import contextlib
@@ -214,6 +215,18 @@ def test_hooks_route_like_the_equations(shape, rate, n_layers, form, iters, hc_e
     for name, g, w in zip(["x0"] + [n for n, _ in s.named_parameters()], grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=lambda msg, name=name: f"{name}: {msg}")
         assert torch.isfinite(g).all() and g.abs().sum() > 0, name  # every parameter learns, through Sinkhorn too
+
+
+def test_norm_epsilon_is_the_mixing_dtypes_not_bfloat16s():
+    """A bfloat16 model mixes in float32: the default ε is float32's (1.2e-7), not bfloat16's
+    7.8e-3, which would swamp the mean square (4e-4) of streams at the embedding's 0.02 scale."""
+    s = perturbed(ManifoldHyperConnections(8, 1, rate=2)).float()
+    H = 0.02 * streams(2, (2, 3, 8)).float()
+    alpha, beta = s.connection(0, H, torch.bfloat16)
+    params = (s.proj[0].double(), s.bias[0].double(), s.scales[0].double())
+    pre, post, _, _ = plain_mappings(H.double(), *params, 20, torch.finfo(torch.float32).eps)
+    torch.testing.assert_close(alpha[..., 0, :].double(), pre, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(beta[..., 0].double(), post.permute(2, 0, 1), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- DeepSeek-V4

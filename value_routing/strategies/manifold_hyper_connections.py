@@ -71,8 +71,8 @@ floors are numerical guards of a bfloat16 production model. V4's floor ``hc_eps`
 to :math:`\sigma(\cdot)` for pre, to the first normalised matrix and to every Sinkhorn denominator
 — our ``hc_eps``, default 0 (a zero row would then need residual logits spread wider than
 float32's ``exp`` range, ~87). V4's flat-stream norm takes the model's ``rms_norm_eps`` (the
-paper's table: 1e-20), ours ``norm_eps``, default the machine epsilon of the activations' dtype
-(:meth:`eps`). V4 starts Sinkhorn from a softmax over the output streams —
+paper's table: 1e-20), ours ``norm_eps``, default the machine epsilon of the mixing dtype
+(float32, or float64 for a float64 model; :meth:`eps`). V4 starts Sinkhorn from a softmax over the output streams —
 :math:`T_c(\exp(\cdot))`, the same matrix without overflow; we do too. V4 stores the transposed
 residual matrix (it mixes with ``comb.T @ x``) and collapses the streams before the final norm
 with a learned :math:`\sigma`-weighted head; we sum them (HC's output). Both compute the
@@ -155,19 +155,19 @@ class ManifoldHyperConnections(HyperConnections):
         return b
 
     def mappings(
-        self, m: int, hyper: Float[Tensor, "streams batch seq dim"], dtype: torch.dtype | None = None
+        self, m: int, hyper: Float[Tensor, "streams batch seq dim"]
     ) -> tuple[Float[Tensor, "batch seq streams"], Float[Tensor, "batch seq streams"],
                Float[Tensor, "batch seq streams streams"]]:
         """Connection ``m``'s :math:`(\\mathcal{H}^{\\mathrm{pre}}, \\mathcal{H}^{\\mathrm{post}},
-        \\mathcal{H}^{\\mathrm{res}})` per token, the last with rows = output streams. ``dtype``: the
-        model's activation dtype (default ``hyper``'s), which sets the norm's default epsilon."""
+        \\mathcal{H}^{\\mathrm{res}})` per token, the last with rows = output streams. The norm's
+        default epsilon is that of ``hyper``'s dtype, the mixing dtype (float32 at least)."""
         if not 0 <= m < self.n_connections:
             raise ValueError(f"connection index must be in [0, {self.n_connections}), got {m}")
         n, dim = self.rate, hyper.shape[-1]
         proj = self.proj[m].to(hyper.dtype).view(-1, n, dim)
         # vec(x) φ as a sum over streams: no stream-major copy of H is made (or saved for backward)
         mixes = sum(hyper[j] @ proj[:, j].t() for j in range(n))  # (batch, seq, n² + 2n)
-        rstd = torch.rsqrt(hyper.pow(2).mean(dim=(0, -1)) + self.eps(dtype or hyper.dtype))[..., None]
+        rstd = torch.rsqrt(hyper.pow(2).mean(dim=(0, -1)) + self.eps(hyper.dtype))[..., None]
         a_pre, a_post, a_res = self.scales[m].to(hyper.dtype).unbind(0)
         b = self.bias[m].to(hyper.dtype)
         mixes = mixes * rstd
@@ -180,8 +180,11 @@ class ManifoldHyperConnections(HyperConnections):
     def connection(self, m, hyper, dtype=None):
         """The mappings in HyperConnections' layout: ``alpha`` ``(…, 1 + n, n)`` (row 0 the read
         weights :math:`\\mathcal{H}^{\\mathrm{pre}}`, rows ``1..n`` :math:`\\mathcal{H}^{\\mathrm{res}}`)
-        and ``beta`` ``(n, …, 1)`` (the write weights :math:`\\mathcal{H}^{\\mathrm{post}}`)."""
-        pre, post, res = self.mappings(m, hyper, dtype)
+        and ``beta`` ``(n, …, 1)`` (the write weights :math:`\\mathcal{H}^{\\mathrm{post}}`). ``dtype``
+        (the activations') is not used: unlike HC's authors' norm, this one's epsilon follows the
+        float32 mixing, not bfloat16 activations (whose 7.8e-3 would swamp a 0.02-scale stream's
+        mean square and the paper's 1e-20 alike)."""
+        pre, post, res = self.mappings(m, hyper)
         return torch.cat((pre.unsqueeze(-2), res), dim=-2), post.permute(2, 0, 1).unsqueeze(-1)
 
     def extra_repr(self) -> str:
