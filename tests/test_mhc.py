@@ -9,8 +9,8 @@
 * Independent reference: transformers' ``DeepseekV4HyperConnection`` (a tiny config, no
   download) with its weights copied into ours and ours into it: the read weights (its collapsed
   input), the write weights, the residual matrix and the updated streams of a sublayer step.
-* Init: the static part is exactly (1/n, 1, J/n), the model then the baseline up to the final norm's ε;
-  why the projection starts random (a zero one keeps the streams' gradients symmetric).
+* Init: the model is the baseline up to the final norm's ε; why the read weights start unequal
+  (equal ones keep the streams' gradients equal for ever).
 * Bad options raise ValueErrors naming the option.
 
 Sinkhorn bound: with :math:`\\tau = \\tanh(\\Delta/4)`, :math:`\\Delta = \\max(L_{ij} + L_{kl} -
@@ -78,7 +78,7 @@ def perturbed(s, scale=0.5, seed=0):
     with torch.no_grad():
         for name, p in s.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=F64)
-            p.add_(scale * noise * (p.abs().mean() if name.startswith("proj") else 1.0))
+            p.add_(scale * noise * (0.1 if name.startswith("proj") else 1.0))
     return s
 
 
@@ -289,22 +289,22 @@ def test_deepseek_v4_connection_is_ours(direction, dtype, tol):
 
 
 @pytest.mark.parametrize("rate", [1, 2, 4])
-def test_init_is_the_static_mean_one_uniform_plus_a_small_random_projection(rate):
+def test_init_reads_one_stream_most_and_otherwise_is_the_neutral_static_part(rate):
+    """b_pre = σ⁻¹ of 2/(n+1) on stream m mod n and 1/(n+1) elsewhere (½ for n = 1), φ = 0, α = 0.01:
+    H_pre sums to 1, H_post = 1, H_res = J/n exactly."""
     s = ManifoldHyperConnections(d_model=64, n_layers=3, rate=rate)
     assert s.n_connections == 6 and len(s.proj) == len(s.bias) == len(s.scales) == 6
     for m in range(6):
-        assert s.proj[m].shape == (rate * (rate + 2), rate * 64)
-        b_pre = -math.log(rate - 1) if rate > 1 else 0.0  # σ(b_pre) = 1/n
-        assert torch.equal(s.bias[m][:rate], torch.full((rate,), b_pre)) and not s.bias[m][rate:].any()
-        assert torch.equal(s.scales[m], torch.full((3,), 0.01))
-        assert abs(s.proj[m].std().item() - 0.02) < 0.004
-    with torch.no_grad():
-        for p in s.proj:
-            p.zero_()
-    pre, post, res = s.to(F64).mappings(2, streams(rate, (2, 3, 64)))
-    torch.testing.assert_close(pre, torch.full_like(pre, 1 / rate if rate > 1 else 0.5), rtol=0, atol=1e-7)
-    torch.testing.assert_close(post, torch.ones_like(post), rtol=0, atol=1e-15)
-    torch.testing.assert_close(res, torch.full_like(res, 1 / rate), rtol=0, atol=1e-15)
+        assert not s.proj[m].any() and s.proj[m].shape == (rate * (rate + 2), rate * 64)
+        assert not s.bias[m][rate:].any() and torch.equal(s.scales[m], torch.full((3,), 0.01))
+        pre, post, res = s.to(F64).mappings(m, streams(rate, (2, 3, 64)))
+        want = torch.full((rate,), 1 / (rate + 1) if rate > 1 else 0.5, dtype=F64)
+        want[m % rate] *= 2 if rate > 1 else 1
+        torch.testing.assert_close(pre, want.expand_as(pre), rtol=1e-7, atol=0)  # (b is a float32 parameter)
+        torch.testing.assert_close(post, torch.ones_like(post), rtol=0, atol=1e-15)
+        torch.testing.assert_close(res, torch.full_like(res, 1 / rate), rtol=0, atol=1e-15)
+    drawn = ManifoldHyperConnections(d_model=64, n_layers=1, rate=rate, proj_std=0.02).proj[0]
+    assert abs(drawn.std().item() - 0.02) < 0.004
 
 
 def tiny(strategy="baseline", options=None, **overrides):
@@ -322,38 +322,38 @@ def with_baseline_weights(cfg, baseline):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_model_starts_as_the_baseline(form):
-    """With the random projection zeroed the model is the baseline up to the final norm's ε (here
-    1e-30): every stream is the baseline's residual stream, each sublayer reads it, the final norm
-    n times it. At the real init the dynamic part moves the logits only by O(α)."""
+    """At init the model is the baseline up to the final norm's ε (here 1e-30): every stream is the
+    baseline's residual stream, each sublayer reads it, the final norm n times it. A random φ
+    (``proj_std``, DeepSeek-V4's init) moves the logits by O(α)."""
     torch.manual_seed(0)
     baseline = CausalLM(tiny()).double()
-    model = with_baseline_weights(tiny("mhc", {"form": form}), baseline)
     x = torch.randint(0, 61, (2, 7))
-    want, at_init = baseline(x).logits, model(x).logits
-    with torch.no_grad():
-        for p in model.strategy.proj:
-            p.zero_()
-    # (our form adds attention to H_pre·x itself: σ(b_pre) = 1/n only up to the float32 rounding of b_pre)
+    want = baseline(x).logits
+    # (our form adds attention to H_pre·x itself, whose weights sum to 1 up to b_pre's float32 rounding)
     tol = dict(rtol=1e-12, atol=1e-12) if form == "authors" else dict(rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(model(x).logits, want, **tol)
-    gap = (at_init - want).abs().max() / want.abs().max()
+    torch.testing.assert_close(with_baseline_weights(tiny("mhc", {"form": form}), baseline)(x).logits, want, **tol)
+    drawn = with_baseline_weights(tiny("mhc", {"form": form, "proj_std": 0.02}), baseline)(x).logits
+    gap = (drawn - want).abs().max() / want.abs().max()
     assert 1e-8 < gap < 1e-2, gap
 
 
-def test_zero_projection_would_keep_the_streams_symmetric():
-    """Why ``proj_std`` > 0: with φ = 0 the static part treats the streams alike, so every stream's
-    bias gets the same gradient (they could never become different); the random φ breaks that."""
+def test_unequal_read_weights_break_the_streams_symmetry():
+    """Why H_pre starts unequal: with equal read weights the streams are interchangeable, so every
+    stream's write bias gets the same gradient (they could never become different)."""
     torch.manual_seed(0)
     x = torch.randint(0, 61, (2, 7))
     spreads = {}
-    for proj_std in (0.0, 0.02):
-        model = CausalLM(tiny("mhc", {"proj_std": proj_std}, norm_eps=1e-6)).double()
-        model(x).logits.pow(2).mean().backward()
+    for equal in (True, False):
+        model = CausalLM(tiny("mhc", norm_eps=1e-6)).double()
         n = model.strategy.rate
-        g = model.strategy.bias[2].grad
-        post = g[n : 2 * n]  # (the pre and residual biases get ~0: the pre-norm and Sinkhorn ignore uniform shifts)
-        spreads[proj_std] = ((post.max() - post.min()) / post.abs().max()).item()
-    assert spreads[0.0] < 1e-12 and spreads[0.02] > 1e-6, spreads
+        if equal:
+            with torch.no_grad():
+                for b in model.strategy.bias:
+                    b[:n] = -math.log(n - 1)  # σ = 1/n on every stream
+        model(x).logits.pow(2).mean().backward()
+        post = model.strategy.bias[2].grad[n : 2 * n]
+        spreads[equal] = ((post.max() - post.min()) / post.abs().max()).item()
+    assert spreads[True] < 1e-12 and spreads[False] > 1e-3, spreads
 
 
 # ----------------------------------------------------------------------------- registry, options

@@ -47,22 +47,21 @@ each sublayer (:math:`2L` in all, connection :math:`m = 2\,\mathrm{layer} + \mat
 + MLP output), as :class:`~value_routing.HyperConnections`' ``"ours"``. The routing through the
 ``residual`` hook is HyperConnections' (this class reuses it); only the weights differ.
 
-**Init.** :math:`\alpha = 0.01` (``scale_init``, the only init the paper states);
-:math:`b^{\mathrm{pre}} = \sigma^{-1}(1/n) = -\log(n - 1)` (0 for :math:`n = 1`),
-:math:`b^{\mathrm{post}} = b^{\mathrm{res}} = 0`; :math:`\varphi \sim \mathcal{N}(0, 0.02^2)`
-(``proj_std``: 0.02 is the ``initializer_range`` Hugging Face's DeepSeek-V4 draws its ``fn``
-from; it sets ``base`` to 0 and ``scale`` to 1). The static part is then exactly
-:math:`\mathcal{H}^{\mathrm{pre}} = \mathbf{1}/n` (the neutral read weights of the paper's
-Table 1), :math:`\mathcal{H}^{\mathrm{post}} = \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{res}} =
-\tfrac1n J`: every stream is the baseline's residual stream, every sublayer (both forms) reads
-exactly it, and the output is :math:`n` times it — the baseline up to the final norm's
-:math:`\epsilon` (for :math:`n = 1` the read weight is ½, which only the authors' form, whose
-sublayers are all pre-normed, ignores). On top sits the dynamic part, of order :math:`\alpha`. A
-zero :math:`\varphi` would keep the model exactly the baseline but also keep the streams
-identical for ever: the static part treats them alike, so their gradients are alike too. The
-random :math:`\varphi` breaks that symmetry (HC breaks it with its one-hot :math:`A_m`). Biases
-and scales are 1-D parameters (not decayed under the recipes' rule), the projections matrices
-(decayed).
+**Init.** :math:`\alpha = 0.01` (``scale_init``, the only init the paper states),
+:math:`\varphi = 0` (``proj_std``), :math:`b^{\mathrm{post}} = b^{\mathrm{res}} = 0`, and read
+weights :math:`\mathcal{H}^{\mathrm{pre}} = \sigma(b^{\mathrm{pre}})` of :math:`2/(n+1)` on stream
+:math:`m \bmod n` and :math:`1/(n+1)` on the others — HC's one-hot :math:`A_m = e_{m \bmod n}`,
+softened to the sigmoid's open range; they sum to 1 (for :math:`n = 1`: ½). The mappings are then
+exactly :math:`\mathcal{H}^{\mathrm{post}} = \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{res}} =
+\tfrac1n J`: every stream is the baseline's residual stream, every sublayer reads exactly it, and
+the final norm gets :math:`n` times it — the model *is* the baseline up to that norm's
+:math:`\epsilon` (for :math:`n = 1` the read weight ½ is ignored only by the authors' form, whose
+sublayers are all pre-normed). The read weights are unequal on purpose: with equal ones (e.g.
+:math:`b = 0`, Hugging Face's DeepSeek-V4 init, which breaks the tie with a random ``fn`` instead)
+the streams are interchangeable, their gradients equal, and they would stay copies of one another
+for ever. ``proj_std`` > 0 draws :math:`\varphi \sim \mathcal{N}(0, \mathrm{proj\_std}^2)` (V4's:
+0.02), an :math:`O(\alpha)` departure from the baseline. Biases and scales are 1-D parameters (not
+decayed under the recipes' rule), the projections matrices (decayed).
 
 **Where the paper and DeepSeek-V4 differ** (``DeepseekV4HyperConnection`` in transformers), we
 follow the paper by default: it specifies the method, and its projection is the one whose
@@ -121,7 +120,7 @@ class ManifoldHyperConnections(HyperConnections):
 
     def __init__(
         self, d_model: int, n_layers: int, rate: int = 4, sinkhorn_iters: int = 20, scale_init: float = 0.01,
-        proj_std: float = 0.02, norm_eps: float | None = None, hc_eps: float = 0.0, form: str = "authors",
+        proj_std: float = 0.0, norm_eps: float | None = None, hc_eps: float = 0.0, form: str = "authors",
     ) -> None:
         # HyperConnections' routing (init_state, residual, the final sum) with weights of our own:
         # skip its __init__, which would build its static/tanh parametrisation
@@ -142,16 +141,20 @@ class ManifoldHyperConnections(HyperConnections):
         self.norm_eps, self.hc_eps = norm_eps, float(hc_eps)
         self.n_connections = n_layers * (2 if form == "authors" else 1)
         width, m = rate * (rate + 2), self.n_connections
-        self.proj = nn.ParameterList(nn.Parameter(proj_std * torch.randn(width, rate * d_model)) for _ in range(m))
-        self.bias = nn.ParameterList(nn.Parameter(self._static_init()) for _ in range(m))
+        shape = (width, rate * d_model)
+        self.proj = nn.ParameterList(
+            nn.Parameter(proj_std * torch.randn(shape) if proj_std else torch.zeros(shape)) for _ in range(m)
+        )
+        self.bias = nn.ParameterList(nn.Parameter(self._static_init(k)) for k in range(m))
         self.scales = nn.ParameterList(nn.Parameter(torch.full((3,), float(scale_init))) for _ in range(m))
 
-    def _static_init(self) -> Float[Tensor, "width"]:
-        """:math:`b`: pre :math:`\\sigma^{-1}(1/n)` (so that :math:`\\mathcal{H}^{\\mathrm{pre}} = \\mathbf{1}/n`;
-        0 for :math:`n = 1`), post and res 0."""
-        b = torch.zeros(self.rate * (self.rate + 2))
-        if self.rate > 1:
-            b[: self.rate] = -math.log(self.rate - 1)
+    def _static_init(self, m: int) -> Float[Tensor, "width"]:
+        """Connection ``m``'s :math:`b`: pre :math:`\\sigma^{-1}` of :math:`2/(n+1)` on stream
+        :math:`m \\bmod n` and of :math:`1/(n+1)` elsewhere (0 for :math:`n = 1`), post and res 0."""
+        n, b = self.rate, torch.zeros(self.rate * (self.rate + 2))
+        if n > 1:
+            b[:n] = -math.log(n)  # σ⁻¹(1/(n+1))
+            b[m % n] = math.log(2 / (n - 1))  # σ⁻¹(2/(n+1))
         return b
 
     def mappings(
