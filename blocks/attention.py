@@ -36,14 +36,19 @@ class LayerCache(NamedTuple):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention; ``q``, ``k``, ``v`` come from one fused projection."""
+    """Multi-head attention; ``q``, ``k``, ``v`` come from one fused projection.
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, qk_norm: bool, norm_eps: float) -> None:
+    ``head_dim`` defaults to ``d_model // n_heads``; ``qkv_bias`` adds a bias to that projection
+    (not to the output projection), as Qwen2 has.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, qk_norm: bool, norm_eps: float,
+                 head_dim: int | None = None, qkv_bias: bool = False) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
         self.q_dim, self.kv_dim = n_heads * self.head_dim, n_kv_heads * self.head_dim
-        self.wqkv = nn.Linear(d_model, self.q_dim + 2 * self.kv_dim, bias=False)
+        self.wqkv = nn.Linear(d_model, self.q_dim + 2 * self.kv_dim, bias=qkv_bias)
         self.wo = nn.Linear(self.q_dim, d_model, bias=False)
         self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
@@ -64,14 +69,19 @@ class CausalSelfAttention(nn.Module):
         """
         batch, seq, _ = hq.shape
         n_extra = 0 if extra is None else extra.shape[0]
+        bias = self.wqkv.bias
         if hk is hq and hv is hq:
             w = self.wqkv.weight if extra is None else torch.cat((self.wqkv.weight, extra.to(self.wqkv.weight)))
-            q, k, v, e = F.linear(hq, w).split((self.q_dim, self.kv_dim, self.kv_dim, n_extra), dim=-1)
+            b = bias if bias is None or extra is None else torch.cat((bias, bias.new_zeros(n_extra)))
+            q, k, v, e = F.linear(hq, w, b).split((self.q_dim, self.kv_dim, self.kv_dim, n_extra), dim=-1)
         else:
-            w_q, w_k, w_v = self.wqkv.weight.split((self.q_dim, self.kv_dim, self.kv_dim), dim=0)
+            sizes = (self.q_dim, self.kv_dim, self.kv_dim)
+            w_q, w_k, w_v = self.wqkv.weight.split(sizes, dim=0)
+            b_q, b_k, b_v = (None, None, None) if bias is None else bias.split(sizes)
             w_v = w_v if extra is None else torch.cat((w_v, extra.to(w_v)))
-            q, k = F.linear(hq, w_q), F.linear(hk, w_k)
-            v, e = F.linear(hv, w_v).split((self.kv_dim, n_extra), dim=-1)
+            b_v = b_v if b_v is None or extra is None else torch.cat((b_v, b_v.new_zeros(n_extra)))
+            q, k = F.linear(hq, w_q, b_q), F.linear(hk, w_k, b_k)
+            v, e = F.linear(hv, w_v, b_v).split((self.kv_dim, n_extra), dim=-1)
         return (q.view(batch, seq, self.n_heads, self.head_dim), k.view(batch, seq, self.n_kv_heads, self.head_dim),
                 v.view(batch, seq, self.n_kv_heads, self.head_dim), None if extra is None else e)
 
@@ -99,6 +109,8 @@ class CausalSelfAttention(nn.Module):
         return self.wo(out)
 
     def reset_parameters(self, std: float, out_std: float) -> None:
-        """N(0, ``std``) for the QKV projection, N(0, ``out_std``) for the output projection."""
+        """N(0, ``std``) for the QKV projection (its bias, if any, zero), N(0, ``out_std``) for the output one."""
         nn.init.normal_(self.wqkv.weight, std=std)
+        if self.wqkv.bias is not None:
+            nn.init.zeros_(self.wqkv.bias)
         nn.init.normal_(self.wo.weight, std=out_std)

@@ -34,7 +34,9 @@ class BlockSpec:
     """What a block factory needs to build block ``layer``: widths, norms, and whether the strategy
     wants separate query/key/value input norms (``Strategy.separate_qkv_norms``). ``norm_scale``
     multiplies every pre-norm output (LayerNorm Scaling's ``1/√ℓ``); ``peri_norm`` adds a learned
-    norm on each sublayer's output before the residual (Peri-LN / sandwich norm)."""
+    norm on each sublayer's output before the residual (Peri-LN / sandwich norm). ``head_dim``
+    (``None``: ``d_model // n_heads``) and ``qkv_bias`` shape the attention
+    (:class:`~blocks.attention.CausalSelfAttention`)."""
 
     layer: int
     d_model: int
@@ -47,6 +49,12 @@ class BlockSpec:
     separate_qkv_norms: bool = False
     norm_scale: float = 1.0
     peri_norm: bool = False
+    head_dim: int | None = None
+    qkv_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
 
 #: Block factories by name (``ModelConfig.block``): ``factory(spec: BlockSpec) -> nn.Module``.
@@ -75,7 +83,8 @@ class TransformerBlock(nn.Module):
         self.attn_norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.attn_norm_k = RMSNorm(spec.d_model, spec.norm_eps) if spec.separate_qkv_norms else None
         self.attn_norm_v = RMSNorm(spec.d_model, spec.norm_eps) if spec.separate_qkv_norms else None
-        self.attn = CausalSelfAttention(spec.d_model, spec.n_heads, spec.n_kv_heads, spec.qk_norm, spec.qk_norm_eps)
+        self.attn = CausalSelfAttention(spec.d_model, spec.n_heads, spec.n_kv_heads, spec.qk_norm, spec.qk_norm_eps,
+                                        head_dim=spec.head_dim, qkv_bias=spec.qkv_bias)
         self.ffn_norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.ffn = SwiGLU(spec.d_model, spec.d_ff)
         self.norm_scale = spec.norm_scale

@@ -41,6 +41,10 @@ TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
 SAMPLING_TESTS = ("tests/test_sampling.py",)
 SHARD_TESTS = ("tests/test_shards.py",)
 ATTNRES_TESTS = ("tests/test_attention_residuals.py", "tests/test_reference_model.py")
+LERP_TESTS = ("tests/test_lerp_value_residual.py", "tests/test_reference_model.py", "tests/test_model.py")
+SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_model.py")
+CONVERT_TESTS = ("tests/test_convert.py",)
+HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
 MHC_TESTS = ("tests/test_mhc.py", "tests/test_reference_model.py")
 
 
@@ -252,6 +256,62 @@ MUTANTS = [
     Mutant("attnres: Block buffer sized like Full", STRATEGIES + "attention_residuals.py",
            "return 1 + 2 * self.n_layers // self.block_size", "return 1 + 2 * self.n_layers",
            ("tests/test_bench_depth.py",)),
+    # lerp: x-transformers' learned value-residual mix
+    Mutant("lerp: sigmoid weights V1, not the layer's own values", STRATEGIES + "lerp_value_residual.py",
+           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v.contiguous(), v1, ", LERP_TESTS),
+    Mutant("lerp: each layer reads the previous layer's gate", STRATEGIES + "lerp_value_residual.py",
+           "self.gates[layer - 1](h)", "self.gates[layer - 2](h)", LERP_TESTS),
+    Mutant("lerp: backward keeps the QKV output alive", STRATEGIES + "lerp_value_residual.py",
+           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v1, v, ", LERP_TESTS),
+    Mutant("lerp: init_std ignored", STRATEGIES + "lerp_value_residual.py",
+           "nn.init.normal_(gate.weight, std=init_std)", "nn.init.normal_(gate.weight, std=0.02)", LERP_TESTS),
+    # shortcut: modded-nanogpt's embedding shortcut
+    Mutant("shortcut: block 0's input unmixed", STRATEGIES + "embedding_shortcut.py",
+           "return self._enter(0, x0, x0), x0", "return BlockInput(x0), x0", SHORTCUT_TESTS),
+    Mutant("shortcut: a block reads the previous block's lambdas", STRATEGIES + "embedding_shortcut.py",
+           "return self._enter(layer + 1, y, state), state", "return self._enter(layer, y, state), state",
+           SHORTCUT_TESTS),
+    Mutant("shortcut: gate reads the unnormed stream", STRATEGIES + "embedding_shortcut.py",
+           "(rms_normalize(x, self.norm_eps) @ self.gate_weight", "(x @ self.gate_weight", SHORTCUT_TESTS),
+    Mutant("shortcut: layer 0's resid lambda everywhere", STRATEGIES + "embedding_shortcut.py",
+           "self.resid_lambdas[layer].to(x.dtype)", "self.resid_lambdas[0].to(x.dtype)", SHORTCUT_TESTS),
+    # checkpoint conversion (recipes/interop/convert.py) and the attention options it needs
+    Mutant("convert: gate and up projections swapped in w13", "recipes/interop/convert.py",
+           '(hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight")',
+           '(hf + "mlp.up_proj.weight", hf + "mlp.gate_proj.weight")', CONVERT_TESTS),
+    Mutant("convert: k and v rows swapped in wqkv", "recipes/interop/convert.py",
+           'tuple(attn + f"{p}_proj.weight" for p in "qkv")', 'tuple(attn + f"{p}_proj.weight" for p in "qvk")',
+           CONVERT_TESTS),
+    Mutant("convert: rope_theta not carried over", "recipes/interop/convert.py", 'rope_theta=float(rope["rope_theta"])',
+           "rope_theta=10000.0", CONVERT_TESTS),
+    Mutant("convert: sliding window does not cap max_seq_len", "recipes/interop/convert.py",
+           "limit = config.max_position_embeddings if window is None else min(window, config.max_position_embeddings)",
+           "limit = config.max_position_embeddings", CONVERT_TESTS),
+    Mutant("convert: separate q/k/v norms not from the pretrained norm", "recipes/interop/convert.py",
+           'params[name].copy_(params[name.rsplit(".", 2)[0] + ".attn_norm.weight"])', "params[name].fill_(1.0)",
+           CONVERT_TESTS),
+    Mutant("blocks: q/k/v bias dropped on the fused path", "blocks/attention.py",
+           "q, k, v, e = F.linear(hq, w, b).split(", "q, k, v, e = F.linear(hq, w).split(",
+           ("tests/test_reference_model.py",)),
+    Mutant("blocks: gate rows beside the bias get a bias", "blocks/attention.py",
+           "torch.cat((bias, bias.new_zeros(n_extra)))", "torch.cat((bias, bias.new_ones(n_extra)))",
+           ("tests/test_reference_model.py",)),
+    # the Hugging Face adapter (value_routing.integrations.hf) and SATFormer's gate_scale, its preserving start
+    Mutant("hf patch: raw values into the cache", "value_routing/integrations/hf.py",
+           "return self.cache.update(key_states, v, layer_idx", "return self.cache.update(key_states, value_states, layer_idx",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: block_output's input skipped", "value_routing/integrations/hf.py",
+           "    _single_input(inp, spec.index)\n    return inp.x", "    _single_input(inp, spec.index)\n    return y",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: checkpoint replays the pass's latest state", "value_routing/integrations/hf.py",
+           "self._gradient_checkpointing_func(block, hidden_states, route.state)",
+           "self._gradient_checkpointing_func(lambda x: block(x, route.state), hidden_states)", HF_PATCH_TESTS),
+    Mutant("hf patch: gate reads the un-normed stream", "value_routing/integrations/hf.py",
+           "ValueInlet(strategy, spec.index, h, state, cache)", "ValueInlet(strategy, spec.index, x, state, cache)",
+           HF_PATCH_TESTS),
+    Mutant("hf patch: gate_scale before the activation", STRATEGIES + "selective_gate.py",
+           "self._scaled(layer, gate_activation(logits, self.act))", "gate_activation(self._scaled(layer, logits), self.act)",
+           ("tests/test_reference_model.py", *HF_PATCH_TESTS)),
     # mHC, manifold-constrained hyper-connections (mhc)
     Mutant("mhc: Sinkhorn starts with the rows", STRATEGIES + "manifold_hyper_connections.py",
            "m = torch.softmax(logits, dim=-2) + eps", "m = torch.softmax(logits, dim=-1) + eps", MHC_TESTS),

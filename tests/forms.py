@@ -13,6 +13,8 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("mudd", {"form": "authors"}),
     ("hyper", {"form": "authors"}),
     ("attnres", {"block_size": 2}),
+    ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
+    ("satformer", {"gate_scale": 0.0}),  # the scaled gate: the HF adapter's function-preserving start
     ("mhc", {"form": "ours"}),
 ]
 

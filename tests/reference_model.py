@@ -7,6 +7,8 @@ name) and a :class:`Spec` of plain numbers. Everything is spelled out per layer 
 * pre-norm block ``a = x + Attn(norm(x_q), norm(x_k), norm(x_v))``, ``y = a + SwiGLU(norm(a))``
   with ``RMSNorm(x) = x / sqrt(mean(x²) + eps) · w`` (LayerNorm Scaling: every ``norm`` of block
   ``i`` times ``1/sqrt(i + 1)``; Peri-LN: each sublayer output normed again before the ``+``);
+* projections ``q = W_q h (+ b_q)``, ``k = W_k h (+ b_k)``, ``v = W_v h (+ b_v)`` (biases with
+  ``qkv_bias``), each head ``head_dim`` wide (``d_model / heads`` unless given);
 * attention per query head ``h`` with kv-head ``h // (heads / kv_heads)`` (GQA),
   ``softmax(q kᵀ / sqrt(head_dim) + causal mask) v``, optional qk-norm (RMSNorm over
   ``head_dim``) before RoPE; RoPE rotates channel pairs ``(i, i + head_dim/2)`` by
@@ -49,6 +51,8 @@ class Spec:
     tie_embeddings: bool = True
     layernorm_scaling: bool = False  # pre-norm outputs of block i (0-based) × 1/sqrt(i + 1)
     peri_norm: bool = False  # a learned RMSNorm on each sublayer output before the residual
+    head_dim: int | None = None  # None: d_model // n_heads
+    qkv_bias: bool = False  # biases on the q, k, v projections (not the output projection)
     strategy: str = "baseline"
     options: dict[str, Any] = field(default_factory=dict)
     #: The model stores its RoPE cos/sin tables in float32 (computed in float64, then rounded);
@@ -56,9 +60,9 @@ class Spec:
     #: comparisons can be tight (the rounding is ~1e-8 relative in the logits).
     rope_table_dtype: torch.dtype = torch.float32
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
 
 # ----------------------------------------------------------------------------- elementary ops
@@ -142,9 +146,11 @@ def block(
     hq, hk, hv = (scale * rms_norm(z, p[pre + name + ".weight"], spec.norm_eps) for z, name in zip((xq, xk, xv), names))
     wqkv = p[pre + "attn.wqkv.weight"]
     wq, wk, wv = wqkv[: H * d], wqkv[H * d : (H + KV) * d], wqkv[(H + KV) * d :]
-    q = (hq @ wq.T).view(b, t, H, d)
-    k = (hk @ wk.T).view(b, t, KV, d)
-    v_raw = (hv @ wv.T).view(b, t, KV, d)
+    q, k, v_raw = hq @ wq.T, hk @ wk.T, hv @ wv.T
+    if spec.qkv_bias:
+        bias = p[pre + "attn.wqkv.bias"]
+        q, k, v_raw = q + bias[: H * d], k + bias[H * d : (H + KV) * d], v_raw + bias[(H + KV) * d :]
+    q, k, v_raw = q.view(b, t, H, d), k.view(b, t, KV, d), v_raw.view(b, t, KV, d)
     v = routing.mix(i, v_raw, v1, hv)
     if spec.qk_norm:
         eps = spec.norm_eps if spec.qk_norm_eps is None else spec.qk_norm_eps
@@ -234,7 +240,7 @@ class Static(Routing):
 
 
 class SATFormer(Routing):
-    """``V'_n = V_n + act(W_α,n h_n [+ b_n]) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
+    """``V'_n = V_n + [s_n ⊙] act(W_α,n h_n [+ b_n]) ⊙ V1`` on layers ``1..L-1`` or the last ``k``."""
 
     def mix(self, i, v, v1, h):
         last_k = self.opt.get("last_k")
@@ -245,6 +251,8 @@ class SATFormer(Routing):
         if self.opt.get("bias_init") is not None:
             logits = logits + self.p[f"strategy.gates.{i - first}.bias"]
         alpha = gate_activation(logits, self.opt.get("act", "relu"))
+        if self.opt.get("gate_scale") is not None:
+            alpha = self.p[f"strategy.gate_scales.{i - first}"] * alpha
         return v + alpha[..., None] * v1
 
 
@@ -373,6 +381,39 @@ class HyperConnections(Routing):
         return sum(self.H)
 
 
+class Lerp(Routing):
+    """x-transformers' learned value-residual mix: ``V'_n = μ V_n + (1 − μ) V1``,
+    ``μ = σ(W_n h_n + b_n)`` per token and kv-head, on layers ``1..L-1``."""
+
+    def mix(self, i, v, v1, h):
+        if i == 0:
+            return v
+        w, b = self.p[f"strategy.gates.{i - 1}.weight"], self.p[f"strategy.gates.{i - 1}.bias"]
+        out = torch.empty_like(v)
+        for head in range(v.shape[2]):
+            mu = 1 / (1 + torch.exp(-(h @ w[head] + b[head])))  # (batch, seq)
+            out[:, :, head] = mu[..., None] * v[:, :, head] + (1 - mu[..., None]) * v1[:, :, head]
+        return out
+
+
+class Shortcut(Routing):
+    """modded-nanogpt's x0 shortcut: block ``i`` reads ``λr_i x_i + λ0_i x0``; with ``gate``
+    ``λ0_i(t) = λ0_i + w_i · n(x_i,t)``; ``x0_norm`` RMS-normalises the embedding first."""
+
+    def start(self, x0, tokens):
+        eps = self.opt.get("norm_eps", 1e-6)
+        self.x0 = rms_norm(x0, None, eps) if self.opt.get("x0_norm", False) else x0
+        self.x = self.x0
+
+    def enter(self, i):
+        p, eps = self.p, self.opt.get("norm_eps", 1e-6)
+        lam0 = p["strategy.x0_lambdas"][i]
+        if self.opt.get("gate", False):
+            lam0 = lam0 + (rms_norm(self.x, None, eps) * p["strategy.gate_weight"][i]).sum(-1, keepdim=True)
+        x = p["strategy.resid_lambdas"][i] * self.x + lam0 * self.x0
+        return x, x, x, x
+
+
 def _col(w: torch.Tensor) -> torch.Tensor:
     """A scalar or per-token ``(batch, seq)`` weight, broadcast over the feature axis."""
     return w if w.dim() == 0 else w[..., None]
@@ -488,5 +529,7 @@ ROUTINGS: dict[str, type[Routing]] = {
     "mudd": MUDDFormer,
     "hyper": HyperConnections,
     "attnres": AttnRes,
+    "lerp": Lerp,
+    "shortcut": Shortcut,
     "mhc": MHC,
 }

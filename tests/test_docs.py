@@ -135,7 +135,8 @@ def _python_blocks(page: Path) -> str:
     return "\n\n".join(re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M))
 
 
-@pytest.mark.parametrize("guide", ["quickstart.md", "custom-model.md", "selective-gate.md", "training.md", "gate-analysis.md"])
+@pytest.mark.parametrize("guide", ["quickstart.md", "custom-model.md", "selective-gate.md", "training.md", "gate-analysis.md",
+                                   "convert.md", "huggingface.md"])
 def test_guide_examples_run(guide: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every ``python`` block of a guide, run in order in one namespace, executes without error."""
     code = _python_blocks(ROOT / "docs" / "guides" / guide)

@@ -356,6 +356,16 @@ def test_unequal_read_weights_break_the_streams_symmetry():
     assert spreads[True] < 1e-12 and spreads[False] > 1e-3, spreads
 
 
+def test_preserving_start_is_the_init_without_a_random_projection():
+    """The Hugging Face adapter's start (tests/test_hf_patch.py runs it on every family)."""
+    assert ManifoldHyperConnections.preserving_options({}) == {"proj_std": 0.0}
+    assert ManifoldHyperConnections.preserving_options({"rate": 1}) == {"rate": 1, "proj_std": 0.0}
+    with pytest.raises(ValueError, match="proj_std=0.0"):
+        ManifoldHyperConnections.preserving_options({"proj_std": 0.02})
+    with pytest.raises(ValueError, match="rate=1 only in form='authors'"):
+        ManifoldHyperConnections.preserving_options({"rate": 1, "form": "ours"})
+
+
 # ----------------------------------------------------------------------------- registry, options
 
 

@@ -194,7 +194,7 @@ def test_compiled_model_handles_new_sequence_lengths():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("strategy", ["baseline", "static", "satformer"])
+@pytest.mark.parametrize("strategy", ["baseline", "static", "satformer", "lerp"])
 def test_backward_keeps_no_qkv_output_alive(strategy):
     """v is a slice of each layer's fused QKV output; whatever backward saves of it (attention's v,
     static's dλ2, V1 in every later mix) must be a copy, or the whole QKV output stays alive."""

@@ -35,7 +35,8 @@ TABLE = {
 #: The named builders of the strategies (thin wrappers of ``model_config``).
 NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satformer": builders.satformer,
          "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections,
-         "attnres": builders.attnres, "mhc": builders.mhc}
+         "attnres": builders.attnres,
+         "lerp": builders.lerp_value_residual, "shortcut": builders.embedding_shortcut, "mhc": builders.mhc}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))

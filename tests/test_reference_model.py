@@ -21,6 +21,11 @@ CASES = [
     ("baseline", {}, {"peri_norm": True, "layernorm_scaling": True, "tie_embeddings": False}),
     ("satformer", {}, {"peri_norm": True, "layernorm_scaling": True}),
     ("mudd", {"form": "authors"}, {"layernorm_scaling": True}),  # scaled separate q/k/v norms
+    # the converter's fields (Qwen2's q/k/v bias, Qwen3's explicit head_dim with qk-norm)
+    ("baseline", {}, {"qkv_bias": True, "tie_embeddings": False}),
+    ("baseline", {}, {"head_dim": 12, "qk_norm": True}),
+    ("satformer", {"fuse_projection": True}, {"qkv_bias": True, "head_dim": 6}),  # bias beside the fused gate rows
+    ("mudd", {"form": "authors"}, {"qkv_bias": True, "head_dim": 10}),  # separate q/k/v inputs: the split bias
     # fixed λ are float32 buffers (0.3 would round): values exact in float32
     ("static", {"mode": "fixed", "lambda1": 0.375, "lambda2": 0.75}, {}),
     ("static", {"mode": "learnable"}, {"qk_norm": True}),
@@ -31,6 +36,8 @@ CASES = [
     ("satformer", {"act": "sigmoid", "fuse_projection": True}, {}),
     ("satformer", {"act": "relu", "bias_init": 0.5}, {}),
     ("satformer", {"act": "tanh", "bias_init": 0.5, "last_k": 2, "fuse_projection": True}, {}),
+    ("satformer", {"gate_scale": 0.0}, {}),  # the function-preserving start of the HF adapter
+    ("satformer", {"act": "sigmoid", "gate_scale": 0.5, "last_k": 2, "fuse_projection": True}, {}),
     ("dense", {}, {}),
     ("dense", {"dilation": 2}, {}),
     ("dense", {"dilation": 2, "period": 2}, {"n_layers": 6}),
@@ -50,6 +57,13 @@ CASES = [
     ("attnres", {"block_size": 2}, {}),
     ("attnres", {"block_size": 4, "impl": "stack"}, {"n_layers": 6}),
     ("attnres", {"block_size": 6, "norm_eps": 1e-3}, {"tie_embeddings": False}),  # 10 sublayers: last block partial
+    ("lerp", {}, {}),
+    ("lerp", {"init_std": 0.02, "bias_init": 2.0}, {"qk_norm": True, "n_kv_heads": 4}),
+    ("lerp", {}, {"n_kv_heads": 1, "tie_embeddings": False}),
+    ("shortcut", {}, {}),
+    ("shortcut", {"x0_norm": True, "resid_init": 0.5, "x0_init": 0.25}, {"qk_norm": True}),
+    ("shortcut", {"gate": True}, {}),
+    ("shortcut", {"gate": True, "x0_norm": True, "norm_eps": 1e-3}, {"n_layers": 6, "tie_embeddings": False}),
     ("mhc", {}, {}),
     ("mhc", {"rate": 3, "sinkhorn_iters": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
     ("mhc", {"rate": 2, "sinkhorn_iters": 1, "hc_eps": 1e-3}, {"tie_embeddings": False}),  # DeepSeek-V4's floors
@@ -71,6 +85,7 @@ def spec(cfg: ModelConfig) -> ref.Spec:
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
         d_ff=cfg.d_ff_per_layer, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,
         qk_norm_eps=cfg.qk_norm_eps, layernorm_scaling=cfg.layernorm_scaling, peri_norm=cfg.peri_norm,
+        head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias,
         tie_embeddings=cfg.tie_embeddings, strategy=cfg.strategy, options=dict(cfg.strategy_options),
     )
 

@@ -109,3 +109,16 @@ def test_lean_training_claims():
     assert lean["config"]["size"] == "small" and lean["config"]["strategy"] == "satformer"
     assert row[4096, "chunked"]["saved_gb"] >= 0.5 and row[4096, "chunked"]["rel_time"] <= 1.05
     assert row[4096, "chunked+ckpt"]["activation_cut_vs_chunked"] >= 0.6
+
+
+def test_hf_benchmark_claims():
+    """docs/benchmarks.md, "Our baseline against Hugging Face's Llama", against hf_vs_ours_cpu.json."""
+    data = json.loads((SUMMARY.parents[1] / "bench" / "hf_vs_ours_cpu.json").read_text())
+    page = (SUMMARY.parents[2] / "benchmarks.md").read_text()
+    assert [r["task"] for r in data["rows"]] == ["train", "train[lm_loss]", "prefill", "decode"]  # "four tasks"
+    assert data["max_logit_gap"] < 1e-5  # the same weights give the same logits (float32)
+    assert all(r["met"] == (r["ratio"] <= 1.0) for r in data["rows"])  # the table's verdicts
+    # a quick run is labelled as one, and leaves the target open; a full run must be described anew
+    quick = data["config"]["quick"]
+    assert ('!!! warning "Quick run"' in page) == quick
+    assert ("open until the full run replaces the quick one" in page) == quick

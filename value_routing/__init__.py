@@ -3,6 +3,7 @@
 from value_routing.attention import AttentionMask, get_backend
 from value_routing.attention import ATTENTION_BACKENDS
 from value_routing.kernels import GATE_ACTIVATIONS, depth_aggregate, gate_mix
+from value_routing.integrations import apply_value_routing, load_value_routed  # imports no transformers
 from value_routing.registry import Registry
 from value_routing.strategies import (
     DEPTH_IMPLS,
@@ -11,7 +12,9 @@ from value_routing.strategies import (
     BlockInput,
     DenseAggregation,
     DynamicDenseAggregation,
+    EmbeddingShortcut,
     HyperConnections,
+    LerpValueResidual,
     ManifoldHyperConnections,
     ModelDims,
     NoReuse,
@@ -35,7 +38,9 @@ __all__ = [
     "BlockInput",
     "DenseAggregation",
     "DynamicDenseAggregation",
+    "EmbeddingShortcut",
     "HyperConnections",
+    "LerpValueResidual",
     "ManifoldHyperConnections",
     "ModelDims",
     "NoReuse",
@@ -44,9 +49,11 @@ __all__ = [
     "StaticValueResidual",
     "Strategy",
     "ValueResidual",
+    "apply_value_routing",
     "build_strategy",
     "depth_aggregate",
     "gate_mix",
     "get_backend",
+    "load_value_routed",
     "strategy_options",
 ]

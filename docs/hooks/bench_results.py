@@ -1,14 +1,17 @@
 """MkDocs hook: numbers from runs are rendered from committed results files, never typed in.
 
 A page writes a marker where a measured table or number goes; the build replaces it with what
-the JSON under ``docs/results/bench/`` (written by ``recipes.bench`` / ``recipes.bench.depth``) holds:
+the JSON under ``docs/results/bench/`` (written by ``recipes.bench``, ``recipes.bench.depth``,
+``recipes.bench.lean`` and ``recipes.bench.hf_vs_ours``) holds:
 
 ``<!-- results: FILE table -->``
     the main table and the buffer-vs-stack ratios (as in the run's ``tables.md``);
-``<!-- results: FILE sweep -->`` / ``<!-- results: FILE depth-table -->``
-    the sweep tables / the routing-alone table;
+``<!-- results: FILE sweep -->`` / ``<!-- results: FILE depth-table -->`` / ``<!-- results: FILE hf-table -->``
+    the sweep tables / the routing-alone table / ours against Hugging Face's Llama;
 ``<!-- results: FILE machine -->``, ``<!-- results: FILE config.KEY -->``
     the machine line / one field of the run's config (``seconds`` is the run's duration);
+``<!-- results: FILE top KEY [FORMAT] -->``
+    a number at the top level of the file (e.g. ``max_logit_gap``), formatted (default ``.3f``);
 ``<!-- results: FILE value SECTION KEY=VALUE[,KEY=VALUE] FIELD [FORMAT] -->``
     one field of the unique row of ``SECTION`` (``main``, ``sweep``, ``rows``) matching the keys,
     formatted with ``FORMAT`` (default ``.3f``);
@@ -71,11 +74,20 @@ def render(args: str) -> str:
         return bench_report.format_sweep(data["sweep"])
     if what == "depth-table":
         return format_depth_table(data["rows"])
+    if what == "hf-table":
+        from recipes.bench.hf_vs_ours import format_rows
+
+        return format_rows(data["rows"])
     if what == "machine":
         return data["machine"]
     if what.startswith("config.") or what == "seconds":
         value = data["seconds"] if what == "seconds" else data["config"][what.split(".", 1)[1]]
         return f"{value:.0f}" if isinstance(value, float) else str(value)
+    if what == "top":
+        key, *fmt = rest
+        if key not in data:
+            raise ValueError(f"{name} has no top-level field {key!r}")
+        return format(data[key], fmt[0] if fmt else ".3f")
     if what in ("value", "range"):
         section, selector, field, *fmt = rest
         spec = fmt[0] if fmt else ".3f"

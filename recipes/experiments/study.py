@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,22 @@ EXECUTION_ONLY = ("activation_checkpointing",)
 #: Model fields added after runs were committed, with the value that reproduces the model those runs
 #: trained: a field at that value is left out of the spec, so growing ModelConfig (a new option whose
 #: default changes nothing) keeps every finished run's key. Set to anything else, it enters the key.
-ADDED_FIELDS: dict[str, Any] = {"layernorm_scaling": False, "peri_norm": False}
+#: ``None`` marks a field that ``None`` derives from others (``head_dim``): it is neutral while it
+#: holds the derived value.
+ADDED_FIELDS: dict[str, Any] = {"layernorm_scaling": False, "peri_norm": False, "qkv_bias": False, "head_dim": None}
+
+
+def _neutral(model: ModelConfig, name: str, value: Any) -> bool:
+    if ADDED_FIELDS[name] is None:
+        return value == getattr(replace(model, **{name: None}), name)
+    return value == ADDED_FIELDS[name]
 
 
 def model_spec(model: ModelConfig) -> dict[str, Any]:
     """The model part of a run's spec: every field but :data:`EXECUTION_ONLY` and the
     :data:`ADDED_FIELDS` left at their neutral values."""
     return {k: v for k, v in asdict(model).items()
-            if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+            if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and _neutral(model, k, v))}
 #: Where each preset writes by default: the committed results the docs and the demo read.
 DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke",
                **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS},

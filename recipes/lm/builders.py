@@ -122,6 +122,18 @@ def attnres(size: str = "small", block_size: int = 1, impl: str = "buffer", **ov
     sublayer outputs (``block_size=1``, Full AttnRes) or of completed blocks of ``block_size``
     sublayers and the current block's partial sum (Block AttnRes)."""
     return model_config(size, "attnres", strategy_options={"block_size": block_size, "impl": impl}, **overrides)
+def lerp_value_residual(
+    size: str = "small", init_std: float | None = None, bias_init: float | None = None, **overrides: Any
+) -> ModelConfig:
+    """x-transformers' learned value-residual mix: ``V' = σ(W h + b)·V + (1 − σ)·V1`` per token and
+    kv-head (``None``: ``nn.Linear``'s default init of ``W`` / ``b``, as x-transformers)."""
+    return model_config(size, "lerp", strategy_options=_given(init_std=init_std, bias_init=bias_init), **overrides)
+
+
+def embedding_shortcut(size: str = "small", gate: bool = False, x0_norm: bool = False, **overrides: Any) -> ModelConfig:
+    """modded-nanogpt's embedding shortcut: block ℓ reads ``λr_ℓ x + λ0_ℓ x0`` (``gate``: λ0 per
+    token; ``x0_norm``: RMS-normalise the embedding first, as modded-nanogpt)."""
+    return model_config(size, "shortcut", strategy_options={"gate": gate, "x0_norm": x0_norm}, **overrides)
 
 
 def mhc(

@@ -33,6 +33,7 @@ def realloc_ffn_width(d_ff: int, layer: int, n_layers: int) -> int:
 #: Fields that ``None`` derives from others at construction (see :class:`ModelConfig`).
 _DERIVED: dict[str, Any] = {
     "n_kv_heads": lambda c: c.n_heads,
+    "head_dim": lambda c: c.d_model // c.n_heads,
     "d_ff": lambda c: 4 * c.d_model,
     "qk_norm_eps": lambda c: c.norm_eps,
     "out_proj_std": lambda c: c.init_std / math.sqrt(2 * c.n_layers),
@@ -41,7 +42,8 @@ _DERIVED: dict[str, Any] = {
 
 #: The numeric fields, with the Python types they take (bools are refused) and how errors call them.
 _NUMERIC_FIELDS = (
-    (("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_kv_heads", "d_ff"), int, "an integer"),
+    (("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_kv_heads", "head_dim", "d_ff"), int,
+     "an integer"),
     (("rope_theta", "norm_eps", "qk_norm_eps", "init_std", "out_proj_std"), (int, float), "a number"),
 )
 
@@ -55,9 +57,11 @@ class ModelConfig:
     ``block`` names the block factory (:data:`blocks.BLOCKS`), ``attention_backend`` the attention
     (:data:`value_routing.attention.ATTENTION_BACKENDS`); both registries are open to users.
 
-    Four fields given as ``None`` are derived, once, at construction (as Hugging Face configs do),
+    Five fields given as ``None`` are derived, once, at construction (as Hugging Face configs do),
     so each concept has one name and the instance always holds the value in use: ``n_kv_heads``
-    (``n_heads``), ``d_ff`` (``4 * d_model``, the SwiGLU hidden width), ``qk_norm_eps``
+    (``n_heads``), ``head_dim`` (``d_model // n_heads``; set it to decouple the attention width
+    ``n_heads * head_dim`` from ``d_model``, as Qwen3 does), ``d_ff`` (``4 * d_model``, the SwiGLU
+    hidden width), ``qk_norm_eps``
     (``norm_eps``; the epsilon of the per-head q/k RMSNorms; the paper presets use 1e-5, the
     default of the norm the authors build them with) and ``out_proj_std`` (GPT-2's
     ``init_std / √(2 n_layers)``; the init std of the attention output and SwiGLU down
@@ -73,6 +77,9 @@ class ModelConfig:
     ``1/√ℓ``; ``peri_norm`` (Peri-LN, Kim et al. 2025; the sandwich norm of Gemma 2) adds a learned
     RMSNorm on each sublayer's output before it joins the residual stream,
     ``x + Norm(Sublayer(Norm(x)))``. Both default to off, which is the plain pre-norm block.
+
+    ``qkv_bias`` gives the query, key and value projections a bias (Qwen2's attention; the output
+    projection keeps none). Off by default.
     """
 
     vocab_size: int = 32000
@@ -80,6 +87,7 @@ class ModelConfig:
     n_layers: int = 11
     n_heads: int = 12
     n_kv_heads: int | None = None
+    head_dim: int | None = None
     d_ff: int | None = None
     max_seq_len: int = 2048
     rope_theta: float = 10000.0
@@ -92,6 +100,7 @@ class ModelConfig:
     ffn_realloc: bool = False
     layernorm_scaling: bool = False
     peri_norm: bool = False
+    qkv_bias: bool = False
     strategy: str = "baseline"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     attention_backend: str = "auto"
@@ -108,10 +117,16 @@ class ModelConfig:
         if not isinstance(self.strategy_options, Mapping):
             raise ValueError(f"strategy_options must be a mapping of option names to values, got {self.strategy_options!r}")
         check_min(self, 1, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, got {self.d_model // self.n_heads}")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                                 "unless head_dim is given")
+            if (self.d_model // self.n_heads) % 2:
+                raise ValueError(f"head_dim = d_model / n_heads must be even for RoPE, "
+                                 f"got {self.d_model // self.n_heads}")
+        elif self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"head_dim must be an even integer >= 2 (RoPE rotates channel pairs) or None, "
+                             f"got {self.head_dim}")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         if self.d_ff is not None and self.d_ff < 1:
@@ -120,7 +135,7 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0{' or None' if name in _DERIVED else ''}, got {value}")
-        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "layernorm_scaling", "peri_norm",
+        for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "layernorm_scaling", "peri_norm", "qkv_bias",
                      "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -152,19 +167,15 @@ class ModelConfig:
         return tuple(realloc_ffn_width(self.d_ff, i, self.n_layers) for i in range(1, self.n_layers + 1))
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
     def dims(self) -> ModelDims:
-        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads)
+        return ModelDims(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim)
 
     def block_spec(self, layer: int, separate_qkv_norms: bool = False) -> BlockSpec:
         """What the block factory needs to build block ``layer``."""
         return BlockSpec(layer, self.d_model, self.n_heads, self.n_kv_heads, self.d_ff_per_layer[layer], self.qk_norm,
                          self.norm_eps, self.qk_norm_eps, separate_qkv_norms,
                          norm_scale=1 / math.sqrt(layer + 1) if self.layernorm_scaling else 1.0,
-                         peri_norm=self.peri_norm)
+                         peri_norm=self.peri_norm, head_dim=self.head_dim, qkv_bias=self.qkv_bias)
 
     def with_strategy(self, strategy: str, **options: Any) -> "ModelConfig":
         """A copy of this config running another strategy."""

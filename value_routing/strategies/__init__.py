@@ -22,6 +22,8 @@ from value_routing.strategies.dense import DenseAggregation  # isort: skip
 from value_routing.strategies.mudd import DynamicDenseAggregation  # isort: skip
 from value_routing.strategies.hyper_connections import HyperConnections  # isort: skip
 from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
+from value_routing.strategies.lerp_value_residual import LerpValueResidual  # isort: skip
+from value_routing.strategies.embedding_shortcut import EmbeddingShortcut  # isort: skip
 from value_routing.strategies.manifold_hyper_connections import ManifoldHyperConnections  # isort: skip
 
 
@@ -37,7 +39,9 @@ __all__ = [
     "DEPTH_IMPLS",
     "DenseAggregation",
     "DynamicDenseAggregation",
+    "EmbeddingShortcut",
     "HyperConnections",
+    "LerpValueResidual",
     "ManifoldHyperConnections",
     "ModelDims",
     "NoReuse",

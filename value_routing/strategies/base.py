@@ -40,12 +40,19 @@ fuse ignores it: the strategy then projects ``h`` itself.
 
 Defaults are identities (the baseline), so a strategy overrides only what it routes, and a
 block never inspects which strategy it runs with. ``separate_qkv_norms`` asks the block for
-distinct learned norms of the query, key and value inputs (the MUDDFormer authors' form).
+distinct learned norms of the query, key and value inputs (the MUDDFormer authors' form);
+``separate_qkv_inputs`` says that ``block_output`` hands blocks distinct query/key/value inputs
+at all, which a model projecting all three from one tensor (a Hugging Face attention) cannot run.
+
+Patching a trained model calls for a start that computes what the model computed before:
+:meth:`Strategy.preserving_options` completes a strategy's options to that parametrisation
+(plain options, so any model built with them starts the same way), or says why there is none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -67,16 +74,18 @@ class BlockInput(NamedTuple):
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The model dimensions a strategy may need to size its parameters."""
+    """The model dimensions a strategy may need to size its parameters. ``head_dim`` defaults to
+    ``d_model // n_heads``; models that decouple the two (Qwen3, Gemma) give it."""
 
     d_model: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    head_dim: int | None = None  # None: d_model // n_heads (an int after __post_init__)
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
 
 class Strategy(nn.Module):
@@ -84,6 +93,8 @@ class Strategy(nn.Module):
 
     #: Whether blocks should give the query, key and value inputs separate learned norms.
     separate_qkv_norms: bool = False
+    #: Whether ``block_output`` returns distinct query/key/value inputs (``BlockInput.q/k/v``).
+    separate_qkv_inputs: bool = False
 
     def __init__(self, n_layers: int) -> None:
         super().__init__()
@@ -95,6 +106,17 @@ class Strategy(nn.Module):
     def for_model(cls, dims: ModelDims, **options: Any) -> "Strategy":
         """Build the strategy for a model of the given dimensions (the registry's builder)."""
         return cls(n_layers=dims.n_layers, **options)
+
+    @classmethod
+    def preserving_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` completed so that the strategy starts as the identity on the model's function
+        (a patched model's logits equal the unpatched model's at initialisation) while every new
+        parameter can learn; a ValueError naming the option that rules such a start out.
+
+        Override it in every strategy: the base class knows no such start and raises.
+        """
+        raise ValueError(f"strategy {cls.__name__} declares no function-preserving start "
+                         "(Strategy.preserving_options); pass preserve_function=False")
 
     def init_state(
         self, x0: Float[Tensor, "batch seq dim"], tokens: Int[Tensor, "batch seq"] | None = None
@@ -172,6 +194,15 @@ class ValueResidual(Strategy):
     ) -> Float[Tensor, "batch seq kv_heads head_dim"]:
         """``V'`` of ``layer >= 1`` from its raw values ``v`` and ``V1``."""
         raise NotImplementedError
+
+
+def fix_options(strategy: str, options: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``fixed`` set; a ValueError naming an option the caller set to another value."""
+    for name, value in fixed.items():
+        if name in options and options[name] != value:
+            raise ValueError(f"{strategy} starts as the identity only with {name}={value!r}, got {name}="
+                             f"{options[name]!r}: drop it or pass preserve_function=False")
+    return {**options, **fixed}
 
 
 def check_layer(layer: int, n_layers: int) -> None:

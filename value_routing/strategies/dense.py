@@ -51,6 +51,10 @@ class DenseAggregation(Strategy):
         self.dilation, self.period, self.impl = dilation, period, check_impl(impl)
         self.alphas = nn.ParameterList(self._identity_weights(i) for i in self.dwa_depths())
 
+    @classmethod
+    def preserving_options(cls, options):
+        return dict(options)  # the identity weights are the baseline exactly
+
     def dwa_depths(self) -> list[int]:
         """The depths :math:`i \\in 1..L` followed by a DWA (multiples of ``period``)."""
         return list(range(self.period, self.n_layers + 1, self.period))

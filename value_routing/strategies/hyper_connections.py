@@ -123,6 +123,11 @@ class HyperConnections(Strategy):
     def for_model(cls, dims: ModelDims, **options) -> "HyperConnections":
         return cls(d_model=dims.d_model, n_layers=dims.n_layers, **options)
 
+    @classmethod
+    def preserving_options(cls, options):
+        # the identity init; the summed output is rate × the baseline's stream (see the module docstring)
+        return dict(options)
+
     def eps(self, dtype: torch.dtype) -> float:
         """The dynamic norm's epsilon for a model whose activations are ``dtype``: ``norm_eps``, or
         (when it is ``None``, the authors' form's default) ``dtype``'s machine epsilon."""

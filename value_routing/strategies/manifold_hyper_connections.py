@@ -87,7 +87,7 @@ import math
 import torch
 from torch import nn
 
-from value_routing.strategies.base import STRATEGIES, Strategy
+from value_routing.strategies.base import STRATEGIES, Strategy, fix_options
 from value_routing.strategies.hyper_connections import HC_FORMS, HyperConnections
 from value_routing.typing import Float, Tensor, shapecheck
 
@@ -147,6 +147,16 @@ class ManifoldHyperConnections(HyperConnections):
         )
         self.bias = nn.ParameterList(nn.Parameter(self._static_init(k)) for k in range(m))
         self.scales = nn.ParameterList(nn.Parameter(torch.full((3,), float(scale_init))) for _ in range(m))
+
+    @classmethod
+    def preserving_options(cls, options):
+        # the init is the baseline (module docstring) with φ = 0; with one stream our form's
+        # residual would read σ(0) = ½ of it
+        options = fix_options("mhc", options, {"proj_std": 0.0})
+        if options.get("rate", 4) == 1 and options.get("form", "authors") == "ours":
+            raise ValueError("mhc starts as the identity with rate=1 only in form='authors' (our form's "
+                             "residual reads H_pre = ½ of the stream): pass preserve_function=False")
+        return options
 
     def _static_init(self, m: int) -> Float[Tensor, "width"]:
         """Connection ``m``'s :math:`b`: pre :math:`\\sigma^{-1}` of :math:`2/(n+1)` on stream

@@ -71,6 +71,8 @@ POST_NORM_INIT = 1e-3
 class DynamicDenseAggregation(Strategy):
     """MUDDFormer multiway dynamic dense connections (see module docstring for the equation)."""
 
+    separate_qkv_inputs = True  # the Q, K and V streams
+
     def __init__(
         self, d_model: int, n_layers: int, impl: str = "buffer", init_std: float = 0.02, norm_eps: float = 1e-6,
         form: str = "ours",
@@ -104,6 +106,13 @@ class DynamicDenseAggregation(Strategy):
                 # flattened to 1-D: norm scales, not decayed under the recipes' "matrices only" rule
                 self.pre_norms.append(nn.Parameter(torch.ones(depth * d_model)))
                 self.post_norms.append(nn.Parameter(torch.full((streams * d_model,), POST_NORM_INIT)))
+
+    @classmethod
+    def preserving_options(cls, options):
+        if options.get("form") == "authors":
+            raise ValueError(f"mudd form='authors' starts with its post-norm scale at {POST_NORM_INIT}, not as the "
+                             "identity: use form 'ours', or pass preserve_function=False")
+        return dict(options)  # W2 = 0 and the static weights on the newest state: the baseline exactly
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "DynamicDenseAggregation":

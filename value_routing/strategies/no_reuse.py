@@ -8,3 +8,7 @@ from value_routing.strategies.base import STRATEGIES, Strategy
 @STRATEGIES.register("baseline")
 class NoReuse(Strategy):
     """Baseline: every hook is the identity, so the model is a plain pre-norm Transformer."""
+
+    @classmethod
+    def preserving_options(cls, options):
+        return dict(options)

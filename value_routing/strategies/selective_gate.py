@@ -16,6 +16,15 @@ the last ``k`` layers are gated; the rest run as the baseline. A relu gate start
 (:math:`W_\alpha` is small at init); ``bias_init=0.5`` starts it half open, as the static residual's
 :math:`\lambda_1 = 0.5`.
 
+With ``gate_scale`` a learned per-head scale :math:`s_n \in \mathbb{R}^{n_\text{kv}}`, initialised to
+that value, multiplies the gate: :math:`V'_n = V_n + (s_n \odot \mathrm{act}(W_{\alpha,n} h_n)) \odot V_1`.
+``gate_scale=0`` is the function-preserving start (:meth:`~value_routing.strategies.base.Strategy.preserving_options`):
+exactly :math:`V'_n = V_n`, and the gate still learns, unlike a zero :math:`W_\alpha` under relu
+(:math:`\mathrm{relu}'(0) = 0` would keep it shut): :math:`s_n` gets its gradient on the first step,
+:math:`W_\alpha` from the second (its gradient is :math:`\propto s_n`). No exactly-closed relu gate can
+give :math:`W_\alpha` a first-step gradient: closed means :math:`W_\alpha h \le 0` on every token,
+where relu's derivative is 0, and any zero factor multiplying the gate zeroes the others' gradients.
+
 The mix happens before attention and before the KV cache, so incremental decoding needs
 only the new tokens' :math:`V_1`. With ``fuse_projection=True`` the strategy offers
 :math:`W_{\alpha,n}` to the model's QKV GEMM (``value_projection``): one GEMM then yields q, k,
@@ -29,10 +38,11 @@ Use in your own attention (the state is :math:`V_1`, stored by layer 0)::
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from value_routing.kernels.gate_mix import check_activation, gate_activation, gate_mix
-from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer
+from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer, fix_options
 from value_routing.typing import Float, Tensor, shapecheck
 
 
@@ -50,6 +60,7 @@ class SelectiveGate(ValueResidual):
         init_std: float = 0.02,
         bias_init: float | None = None,
         fuse_projection: bool = False,
+        gate_scale: float | None = None,
     ) -> None:
         super().__init__(n_layers)
         self.act = check_activation(act)
@@ -63,6 +74,8 @@ class SelectiveGate(ValueResidual):
             )
         if bias_init is not None and not isinstance(bias_init, (int, float)):
             raise ValueError(f"bias_init must be None or a number, got {bias_init!r}")
+        if gate_scale is not None and (isinstance(gate_scale, bool) or not isinstance(gate_scale, (int, float))):
+            raise ValueError(f"gate_scale must be None or a number, got {gate_scale!r}")
         if not isinstance(fuse_projection, bool):
             raise ValueError(f"fuse_projection must be True or False, got {fuse_projection!r}")
         self.d_model, self.n_kv_heads, self.last_k, self.bias_init = d_model, n_kv_heads, last_k, bias_init
@@ -75,6 +88,14 @@ class SelectiveGate(ValueResidual):
             nn.init.normal_(gate.weight, std=init_std)
             if gate.bias is not None:
                 nn.init.constant_(gate.bias, bias_init)
+        self.gate_scale = gate_scale
+        self.gate_scales = None if gate_scale is None else nn.ParameterList(
+            nn.Parameter(torch.full((n_kv_heads,), float(gate_scale))) for _ in self.gates
+        )
+
+    @classmethod
+    def preserving_options(cls, options):
+        return fix_options("satformer", options, {"gate_scale": 0.0})
 
     @classmethod
     def for_model(cls, dims: ModelDims, **options) -> "SelectiveGate":
@@ -97,11 +118,16 @@ class SelectiveGate(ValueResidual):
 
     @shapecheck
     def gate(self, layer: int, h: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq kv_heads"]:
-        """The gate values ``α = act(W_α h)`` of a gated layer."""
+        """The gate values ``α = act(W_α h)`` of a gated layer (``s ⊙ act(W_α h)`` with ``gate_scale``)."""
         check_layer(layer, self.n_layers)
         if not self.is_gated(layer):
             raise ValueError(f"layer {layer} is not gated (gated layers: {self.first_gated}..{self.n_layers - 1})")
-        return gate_activation(self.gates[layer - self.first_gated](h), self.act)
+        return self._scaled(layer, gate_activation(self.gates[layer - self.first_gated](h), self.act))
+
+    def _scaled(self, layer: int, alpha: Tensor) -> Tensor:
+        if self.gate_scales is None:
+            return alpha
+        return self.gate_scales[layer - self.first_gated].to(alpha.dtype) * alpha
 
     def mix_v1(self, layer, v, v1, h, logits=None):
         """``V + act(W_α h)·V1`` for gated layers; ``v`` unchanged otherwise.
@@ -116,10 +142,14 @@ class SelectiveGate(ValueResidual):
             logits = proj(h)
         elif proj.bias is not None:
             logits = logits + proj.bias
-        return gate_mix(v, v1, logits, self.act)
+        if self.gate_scales is None:
+            return gate_mix(v, v1, logits, self.act)
+        # the scale acts after the activation: mix the (small, per-head) scaled gate as is
+        return gate_mix(v, v1, self._scaled(layer, gate_activation(logits, self.act)), "identity")
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
-            f"act={self.act!r}, last_k={self.last_k}, bias_init={self.bias_init}, fuse_projection={self.fuse_projection}"
+            f"act={self.act!r}, last_k={self.last_k}, bias_init={self.bias_init}, fuse_projection={self.fuse_projection}, "
+            f"gate_scale={self.gate_scale}"
         )

@@ -12,7 +12,9 @@ with three parameterisations (``mode``):
   :math:`1..L-1` with :math:`s` initialised to :math:`L` and logits :math:`\ell` to 0;
   :math:`\lambda_{2,n}` learned per layer, initialised to ``lambda2``.
 
-Layer 0 is the source of :math:`V_1` and is never mixed.
+Layer 0 is the source of :math:`V_1` and is never mixed. The function-preserving start
+(:meth:`~value_routing.strategies.base.Strategy.preserving_options`) is ``lambda1=0, lambda2=1``: exactly
+:math:`V'_n = V_n`, and both weights get gradients (:math:`\partial/\partial\lambda_1 = V_1`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from value_routing.strategies.base import STRATEGIES, ValueResidual
+from value_routing.strategies.base import STRATEGIES, ValueResidual, fix_options
 from value_routing.typing import Float, Tensor
 
 STATIC_MODES: tuple[str, ...] = ("fixed", "learnable", "softmax")
@@ -48,6 +50,13 @@ class StaticValueResidual(ValueResidual):
             self.lambda_logits = nn.Parameter(torch.zeros(n_mixed))
             self.lambda_scale = nn.Parameter(torch.tensor(float(n_layers)))
             self.lambda2 = nn.Parameter(torch.full((n_mixed,), float(lambda2)))
+
+    @classmethod
+    def preserving_options(cls, options):
+        if options.get("mode") == "softmax":
+            raise ValueError("static mode='softmax' starts with λ1 = L·softmax(0) > 0, never as the identity: "
+                             "use mode 'learnable' or 'fixed', or pass preserve_function=False")
+        return fix_options("static", options, {"lambda1": 0.0, "lambda2": 1.0})
 
     def lambdas(self) -> tuple[Float[Tensor, " mixed_layers"], Float[Tensor, " mixed_layers"]]:
         """Per-layer ``(λ1, λ2)`` for layers ``1..L-1`` (index ``n-1``)."""
