@@ -55,8 +55,9 @@ softened to the sigmoid's open range; they sum to 1 (for :math:`n = 1`: ½). The
 exactly :math:`\mathcal{H}^{\mathrm{post}} = \mathbf{1}`, :math:`\mathcal{H}^{\mathrm{res}} =
 \tfrac1n J`: every stream is the baseline's residual stream, every sublayer reads exactly it, and
 the final norm gets :math:`n` times it — the model *is* the baseline up to that norm's
-:math:`\epsilon` (for :math:`n = 1` the read weight ½ is ignored only by the authors' form, whose
-sublayers are all pre-normed). The read weights are unequal on purpose: with equal ones (e.g.
+:math:`\epsilon` (and, in our form, the float32 rounding of :math:`b^{\mathrm{pre}}`, ~1e-8; for
+:math:`n = 1` the read weight ½ is ignored only by the authors' form, all of whose sublayers are
+pre-normed). The read weights are unequal on purpose: with equal ones (e.g.
 :math:`b = 0`, Hugging Face's DeepSeek-V4 init, which breaks the tie with a random ``fn`` instead)
 the streams are interchangeable, their gradients equal, and they would stay copies of one another
 for ever. ``proj_std`` > 0 draws :math:`\varphi \sim \mathcal{N}(0, \mathrm{proj\_std}^2)` (V4's:
