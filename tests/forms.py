@@ -16,6 +16,7 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
     ("satformer", {"gate_scale": 0.0}),  # the scaled gate: the HF adapter's function-preserving start
     ("value_embed", {"gate": False, "layers": "shared"}),  # the plain form; tables shared by two layers
+    ("mhc", {"form": "ours"}),
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.
