@@ -46,6 +46,7 @@ SHORTCUT_TESTS = ("tests/test_embedding_shortcut.py", "tests/test_reference_mode
 CONVERT_TESTS = ("tests/test_convert.py",)
 HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
 VEMBED_TESTS = ("tests/test_value_embeddings.py", "tests/test_reference_model.py")
+MHC_TESTS = ("tests/test_mhc.py", "tests/test_reference_model.py")
 
 
 class Mutant(NamedTuple):
@@ -324,6 +325,18 @@ MUTANTS = [
            "for layer in (j, L - k + j)", "for layer in (j, L - 1 - j)", VEMBED_TESTS),
     Mutant("value_embed: init_std ignored", STRATEGIES + "value_embeddings.py",
            "torch.randn(vocab_size, kv_dim) * self.init_std", "torch.randn(vocab_size, kv_dim) * 0.02", VEMBED_TESTS),
+    # mHC, manifold-constrained hyper-connections (mhc)
+    Mutant("mhc: Sinkhorn starts with the rows", STRATEGIES + "manifold_hyper_connections.py",
+           "m = torch.softmax(logits, dim=-2) + eps", "m = torch.softmax(logits, dim=-1) + eps", MHC_TESTS),
+    Mutant("mhc: one Sinkhorn iteration short", STRATEGIES + "manifold_hyper_connections.py",
+           "for _ in range(iters - 1):", "for _ in range(max(iters - 2, 0)):", MHC_TESTS),
+    Mutant("mhc: post without its factor 2", STRATEGIES + "manifold_hyper_connections.py",
+           "post = 2 * torch.sigmoid(", "post = torch.sigmoid(", MHC_TESTS),
+    Mutant("mhc: RMS of the first stream, not the flattened n·d stream", STRATEGIES + "manifold_hyper_connections.py",
+           "hyper.pow(2).mean(dim=(0, -1))", "hyper[0].pow(2).mean(-1)", MHC_TESTS),
+    Mutant("mhc: residual matrix transposed (V4's layout)", STRATEGIES + "manifold_hyper_connections.py",
+           "torch.cat((pre.unsqueeze(-2), res), dim=-2)", "torch.cat((pre.unsqueeze(-2), res.transpose(-1, -2)), dim=-2)",
+           MHC_TESTS),
     # hf2: the function-preserving starts of lerp, attnres, shortcut, value_embed; the HF cross-check
     Mutant("hf2: lerp mix_scale weighs V1 by mu, not 1 - mu", STRATEGIES + "lerp_value_residual.py",
            "self.mix_scales[layer - 1].to(mu.dtype) * (1 - mu)", "self.mix_scales[layer - 1].to(mu.dtype) * mu",

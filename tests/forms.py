@@ -15,9 +15,10 @@ EXTRA_FORMS: list[tuple[str, dict]] = [
     ("attnres", {"block_size": 2}),
     ("shortcut", {"gate": True, "x0_norm": True}),  # the per-token λ0 and the normed embedding
     ("satformer", {"gate_scale": 0.0}),  # the scaled gate: the HF adapter's function-preserving start
-    ("value_embed", {"gate": False, "layers": "shared"}),
+    ("value_embed", {"gate": False, "layers": "shared"}),  # the plain form; tables shared by two layers
+    ("mhc", {"form": "ours"}),
     ("lerp", {"mix_scale": 0.0}),  # the scaled lerp weight: the HF adapter's function-preserving start
-    ("attnres", {"scale_by_sources": True}),  # mixes times their source count: the HF adapter's start  # the plain form; tables shared by two layers
+    ("attnres", {"scale_by_sources": True}),  # mixes times their source count: the HF adapter's start
 ]
 
 #: Every registered strategy at its defaults, then :data:`EXTRA_FORMS`.

@@ -424,6 +424,84 @@ def _col(w: torch.Tensor) -> torch.Tensor:
     return w if w.dim() == 0 else w[..., None]
 
 
+class MHC(Routing):
+    """mHC: ``x ← H_res x + H_postᵀ F(H_pre x)`` with ``H_pre = σ(·) (+ hc_eps)``, ``H_post = 2σ(·)``,
+    ``H_res`` = Sinkhorn–Knopp of ``exp(·)`` (``sinkhorn_iters`` × column then row normalisation),
+    the logits ``α · (vec(x) φ) / rms(vec(x)) + b`` from the flattened ``n·d`` stream.
+
+    ``form="authors"`` (default): one connection per sublayer (``m = 2·layer + sublayer``), ``F``
+    the bare sublayer; ``form="ours"``: one per block, ``F = block(h) − h``. Output: the sum of
+    the streams. ``hc_eps`` (DeepSeek-V4's floor) is added to ``σ`` for pre, after the first
+    column normalisation and to every normalisation's denominator.
+    """
+
+    def __init__(self, p, spec):
+        super().__init__(p, spec)
+        self.n, self.authors = self.opt.get("rate", 4), self.opt.get("form", "authors") == "authors"
+        self.iters, self.floor = self.opt.get("sinkhorn_iters", 20), self.opt.get("hc_eps", 0.0)
+
+    def start(self, x0, tokens):
+        given = self.opt.get("norm_eps")
+        self.eps = torch.finfo(x0.dtype).eps if given is None else given
+        self.H = [x0 for _ in range(self.n)]
+        self.connect(0)
+
+    def connect(self, m):
+        n, d, p = self.n, self.spec.d_model, self.p
+        proj, bias, scales = p[f"strategy.proj.{m}"], p[f"strategy.bias.{m}"], p[f"strategy.scales.{m}"]
+        rms = torch.sqrt(sum((h * h).sum(-1) for h in self.H) / (n * d) + self.eps)
+        # row k of φᵀ: stream j's channels at columns j·d .. j·d + d - 1
+        raw = [sum(self.H[j] @ proj[k, j * d : (j + 1) * d] for j in range(n)) / rms for k in range(n * (n + 2))]
+        pre = [1 / (1 + torch.exp(-(scales[0] * raw[j] + bias[j]))) + self.floor for j in range(n)]
+        self.post = [2 / (1 + torch.exp(-(scales[1] * raw[n + i] + bias[n + i]))) for i in range(n)]
+        M = [[torch.exp(scales[2] * raw[2 * n + i * n + j] + bias[2 * n + i * n + j]) for j in range(n)]
+             for i in range(n)]  # M[i][j]: output stream i, input stream j
+        for t in range(self.iters):
+            first = t == 0
+            M = _normalise_columns(M, 0.0 if first else self.floor)
+            if first:
+                M = [[w + self.floor for w in row] for row in M]
+            M = _normalise_rows(M, self.floor)
+        self.res = M
+        self.h = sum(_col(pre[j]) * self.H[j] for j in range(n))
+        return self.h
+
+    def update(self, t):
+        """``H_i ← post_i t + Σ_j res[i][j] H_j``."""
+        n = self.n
+        self.H = [_col(self.post[i]) * t + sum(_col(self.res[i][j]) * self.H[j] for j in range(n)) for i in range(n)]
+
+    def enter(self, i):
+        return self.h, self.h, self.h, self.h
+
+    def residual(self, i, sublayer, x, out):
+        if not self.authors:
+            return x + out
+        self.update(out)
+        m = 2 * i + sublayer + 1
+        return self.connect(m) if m < 2 * self.spec.n_layers else None
+
+    def leave(self, i, y):
+        if self.authors:
+            return
+        self.update(y - self.h)
+        if i + 1 < self.spec.n_layers:
+            self.connect(i + 1)
+
+    def final(self):
+        return sum(self.H)
+
+
+def _normalise_columns(M, floor):
+    n = len(M)
+    sums = [sum(M[i][j] for i in range(n)) + floor for j in range(n)]
+    return [[M[i][j] / sums[j] for j in range(n)] for i in range(n)]
+
+
+def _normalise_rows(M, floor):
+    return [[w / (sum(row) + floor) for w in row] for row in M]
+
+
 class AttnRes(Routing):
     """``h_m = Σ_i softmax_i(w_m · RMSNorm_m(v_i)) v_i`` before sublayer ``m = 1..2L-1`` and the final norm
     (``m = 2L``); sources: the embedding, then the outputs ``o_0..o_{m-1}`` summed in consecutive
@@ -498,4 +576,5 @@ ROUTINGS: dict[str, type[Routing]] = {
     "lerp": Lerp,
     "shortcut": Shortcut,
     "value_embed": ValueEmbed,
+    "mhc": MHC,
 }

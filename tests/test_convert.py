@@ -308,7 +308,7 @@ def test_every_strategy_runs_on_converted_weights(strategy, options):
 
 def test_which_strategies_start_as_the_converted_model():
     """docs/guides/convert.md: dense, mudd and the static shortcut start exactly as the pretrained
-    model, hyper and attnres nearly, satformer, static, lerp and the gated shortcut change it at once."""
+    model, hyper, attnres and mhc nearly, satformer, static, lerp and the gated shortcut change it at once."""
     hf = hf_model("llama")
     x = tokens(2, 12)
     base = from_hf(hf)(x).logits
@@ -316,7 +316,7 @@ def test_which_strategies_start_as_the_converted_model():
         gap = (from_hf(hf, strategy, **options)(x).logits - base).abs().max().item()
         if strategy in ("baseline", "dense", "mudd") or (strategy == "shortcut" and not options.get("gate")):
             assert gap == 0, (strategy, options)
-        elif strategy in ("hyper", "attnres"):
+        elif strategy in ("hyper", "attnres", "mhc"):
             assert 0 < gap < 1e-3, (strategy, options)
         elif strategy in ("satformer", "static", "lerp", "shortcut"):  # (strategies added later: not claimed)
             assert gap > 1e-2, (strategy, options)

@@ -26,7 +26,8 @@ TIGHT = dict(rtol=1e-10, atol=1e-12)
 FORMS = [
     ("static", {}), ("satformer", {}), ("satformer", {"gate_scale": 0.5, "fuse_projection": True}),
     ("lerp", {}), ("lerp", {"mix_scale": 0.5}), ("value_embed", {}), ("value_embed", {"gate": False}),
-    ("dense", {}), ("hyper", {}), ("attnres", {"block_size": 2}), ("shortcut", {"gate": True}),
+    ("dense", {}), ("hyper", {}), ("mhc", {}), ("attnres", {"block_size": 2}), ("attnres", {"scale_by_sources": True}),
+    ("shortcut", {"gate": True}),
 ]
 IDS = [s + "".join(f"-{k}={v}" for k, v in o.items()) for s, o in FORMS]
 FAMILIES = {"llama": {}, "qwen3": {"head_dim": 12}}  # Qwen3: q/k-norm, head_dim != hidden / heads
@@ -76,10 +77,11 @@ def test_patched_and_converted_models_agree_at_float64(family, strategy, options
 
 
 def test_every_value_path_strategy_is_cross_checked():
-    """Every registered strategy that routes values (and runs in the adapter) is in FORMS."""
+    """Every registered strategy the adapter runs (but the parameter-free baseline) is in FORMS."""
     from value_routing.strategies.base import Strategy, ValueResidual
 
     value_path = {s for s in STRATEGIES if not STRATEGIES[s].separate_qkv_inputs
                   and (issubclass(STRATEGIES[s], ValueResidual) or STRATEGIES[s].mix_value is not Strategy.mix_value)}
-    assert value_path <= {s for s, _ in FORMS}
     assert {"static", "satformer", "lerp", "value_embed"} <= value_path
+    adapter = {s for s in STRATEGIES if not STRATEGIES[s].separate_qkv_inputs} - {"baseline"}
+    assert value_path <= adapter == {s for s, _ in FORMS}  # the residual-path ones too

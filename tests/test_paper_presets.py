@@ -37,7 +37,7 @@ NAMED = {"baseline": builders.transformer, "static": builders.resformer, "satfor
          "dense": builders.denseformer, "mudd": builders.muddformer, "hyper": builders.hyperconnections,
          "attnres": builders.attnres,
          "lerp": builders.lerp_value_residual, "shortcut": builders.embedding_shortcut,
-         "value_embed": builders.value_embeddings}
+         "value_embed": builders.value_embeddings, "mhc": builders.mhc}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE))

@@ -74,6 +74,11 @@ CASES = [
     ("value_embed", {"layers": "every", "gate": False}, {"n_kv_heads": 1, "tie_embeddings": False}),
     ("value_embed", {"layers": [4, 0, -3], "tables": [1, 0, 1], "gate_width": 3, "init_std": 0.05},
      {"n_kv_heads": 4}),
+    ("mhc", {}, {}),
+    ("mhc", {"rate": 3, "sinkhorn_iters": 3, "norm_eps": 1e-3}, {"n_layers": 6}),
+    ("mhc", {"rate": 2, "sinkhorn_iters": 1, "hc_eps": 1e-3}, {"tie_embeddings": False}),  # DeepSeek-V4's floors
+    ("mhc", {"form": "ours"}, {}),
+    ("mhc", {"form": "ours", "rate": 1, "sinkhorn_iters": 2}, {"qk_norm": True}),
 ]
 IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in {**o, **m}.items())}" for s, o, m in CASES]
 TOL = dict(rtol=1e-9, atol=1e-11)

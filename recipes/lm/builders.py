@@ -148,6 +148,15 @@ def value_embeddings(
     if tables is not None:
         options["tables"] = list(tables)
     return model_config(size, "value_embed", strategy_options=options, **overrides)
+def mhc(
+    size: str = "small", rate: int = 4, sinkhorn_iters: int = 20, form: str | None = None, **overrides: Any
+) -> ModelConfig:
+    """mHC: ``rate`` residual streams whose mixing matrix is projected onto the doubly stochastic
+    matrices by ``sinkhorn_iters`` Sinkhorn–Knopp iterations (``form`` default ``"authors"``: one
+    connection per sublayer, the paper's and DeepSeek-V4's; ``"ours"``: one per block)."""
+    return model_config(
+        size, "mhc", strategy_options=_given(rate=rate, sinkhorn_iters=sinkhorn_iters, form=form), **overrides
+    )
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -14,17 +14,19 @@ from value_routing.strategies.base import (
 )
 from value_routing.strategies.depth_states import DEPTH_IMPLS
 
-# Each module registers its strategy; imported in the registry's (and every table's) row order.
+# Each module registers its strategy; imported in the registry's (and every table's) row order: the
+# value path first, then the routing over depth, then the embedding shortcut.
 from value_routing.strategies.no_reuse import NoReuse  # isort: skip
 from value_routing.strategies.static_residual import StaticValueResidual  # isort: skip
 from value_routing.strategies.selective_gate import SelectiveGate  # isort: skip
+from value_routing.strategies.lerp_value_residual import LerpValueResidual  # isort: skip
+from value_routing.strategies.value_embeddings import ValueEmbeddings  # isort: skip
 from value_routing.strategies.dense import DenseAggregation  # isort: skip
 from value_routing.strategies.mudd import DynamicDenseAggregation  # isort: skip
 from value_routing.strategies.hyper_connections import HyperConnections  # isort: skip
+from value_routing.strategies.manifold_hyper_connections import ManifoldHyperConnections  # isort: skip
 from value_routing.strategies.attention_residuals import AttentionResiduals  # isort: skip
-from value_routing.strategies.lerp_value_residual import LerpValueResidual  # isort: skip
 from value_routing.strategies.embedding_shortcut import EmbeddingShortcut  # isort: skip
-from value_routing.strategies.value_embeddings import ValueEmbeddings  # isort: skip
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
@@ -42,6 +44,7 @@ __all__ = [
     "EmbeddingShortcut",
     "HyperConnections",
     "LerpValueResidual",
+    "ManifoldHyperConnections",
     "ModelDims",
     "NoReuse",
     "SelectiveGate",
