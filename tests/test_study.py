@@ -324,6 +324,10 @@ def test_sweep_winner_and_the_ladder_presets(monkeypatch):
         assert cfg.lm.train.steps == steps and cfg.lm.train.lr == 3e-3 and cfg.lm.train.warmup == steps // 10
         assert [v.name for v in cfg.variants] == list(variants) and cfg.seeds == seeds
         assert cfg.lm.evals == sc.LM_EVALS and cfg.mqar is None
+    forms = PRESETS["ladder-1000-forms"]()
+    assert [v.name for v in forms.variants] == list(sc.LADDER_FORMS) and forms.seeds == (0, 1, 2)
+    shared = {study.spec_key(s) for s in study.plan(forms) if s["variant"]["name"] == "baseline"}
+    assert shared <= {study.spec_key(s) for s in study.plan(PRESETS["ladder-1000"]())}  # baseline runs reused
     models = {s["variant"]["name"]: s["model"] for s in study.plan(PRESETS["ladder-1000"]()) if s["seed"] == 0}
     assert models["layernorm-scaling"]["layernorm_scaling"] is True and "peri_norm" not in models["layernorm-scaling"]
     assert models["peri-ln"]["peri_norm"] is True and "layernorm_scaling" not in models["baseline"]

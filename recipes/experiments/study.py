@@ -67,7 +67,8 @@ def model_spec(model: ModelConfig) -> dict[str, Any]:
 #: Where each preset writes by default: the committed results the docs and the demo read.
 DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke",
                **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS},
-               **{f"ladder-{steps}": f"docs/results/ladder/steps-{steps}" for steps in LADDER_RUNGS}}
+               **{f"ladder-{steps}": f"docs/results/ladder/steps-{steps}" for steps in LADDER_RUNGS},
+               "ladder-1000-forms": "docs/results/ladder/steps-1000"}  # shares the rung's baseline runs
 #: Bumped when what the end-of-run evaluations compute changes (their results enter the run).
 EVALS_VERSION = 1
 

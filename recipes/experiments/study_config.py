@@ -46,6 +46,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # the layer-wise normalization baselines (evidence issue): options of the plain Transformer
     Variant("layernorm-scaling", "baseline", model={"layernorm_scaling": True}),
     Variant("peri-ln", "baseline", model={"peri_norm": True}),
+    # the field's other reuse forms (forms issue), at their defaults; Block AttnRes with 4 blocks of the
+    # 8-layer study model's 16 sublayers
+    *(Variant(name, name) for name in ("lerp", "value_embed", "mhc", "attnres", "shortcut")),
+    Variant("attnres-block", "attnres", {"block_size": 4}),
 )}
 
 
@@ -264,6 +268,8 @@ LADDER_RUNGS: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
     1000: (("baseline", "static", "satformer", "satformer-bias", "layernorm-scaling", "peri-ln"), (0, 1, 2, 3, 4)),
     4000: (("baseline", "static", "satformer"), (0, 1, 2)),
 }
+#: The forms issue's strategies at the first rung, 3 seeds (their baseline runs are the 1000-step rung's).
+LADDER_FORMS: tuple[str, ...] = ("baseline", "lerp", "value_embed", "mhc", "attnres", "attnres-block", "shortcut")
 
 
 def sweep_winner(runs: Sequence[Mapping[str, Any]]) -> float:
@@ -279,12 +285,13 @@ def sweep_winner(runs: Sequence[Mapping[str, Any]]) -> float:
     return min(SWEEP_LRS.values(), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
 
 
-def ladder_preset(steps: int) -> StudyConfig:
-    """The rung of ``steps`` steps: its variants and seeds (:data:`LADDER_RUNGS`) at :data:`LADDER_LR`."""
+def ladder_preset(steps: int, forms: bool = False) -> StudyConfig:
+    """The rung of ``steps`` steps: its variants and seeds (:data:`LADDER_RUNGS`; with ``forms``,
+    :data:`LADDER_FORMS` × 3 seeds at 1000 steps) at :data:`LADDER_LR`."""
     if LADDER_LR is None:
         raise ValueError("the ladder's learning rate is the sweep's winner: run the sweep-lr* presets first "
                          "and set study_config.LADDER_LR")
-    variants, seeds = LADDER_RUNGS[steps]
+    variants, seeds = (LADDER_FORMS, (0, 1, 2)) if forms else LADDER_RUNGS[steps]
     return StudyConfig(variants=_variants(*variants), seeds=seeds, shape=Shape(128, 8, 4, 2),
                        lm=Task(ladder_train(steps, LADDER_LR), evals=LADDER_EVALS))
 
@@ -300,4 +307,5 @@ PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "published": published_preset, "demo": demo_preset, "smoke": smoke_preset,
     **{f"sweep-lr{lr}": (lambda lr=lr: sweep_preset(lr)) for lr in SWEEP_LRS},
     **{f"ladder-{steps}": (lambda steps=steps: ladder_preset(steps)) for steps in LADDER_RUNGS},
+    "ladder-1000-forms": lambda: ladder_preset(LADDER_STEPS[0], forms=True),
 }
