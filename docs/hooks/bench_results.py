@@ -6,7 +6,8 @@ the JSON under ``docs/results/bench/`` (written by ``recipes.bench``, ``recipes.
 
 ``<!-- results: FILE table -->``
     the main table and the buffer-vs-stack ratios (as in the run's ``tables.md``);
-``<!-- results: FILE sweep -->`` / ``<!-- results: FILE depth-table -->`` / ``<!-- results: FILE hf-table -->``
+``<!-- results: FILE sweep -->`` / ``<!-- results: FILE depth-table -->`` / ``<!-- results: FILE hf-table -->`` /
+``<!-- results: FILE hf-patch-table -->``
     the sweep tables / the routing-alone table / ours against Hugging Face's Llama;
 ``<!-- results: FILE machine -->``, ``<!-- results: FILE config.KEY -->``
     the machine line / one field of the run's config (``seconds`` is the run's duration);
@@ -78,6 +79,10 @@ def render(args: str) -> str:
         from recipes.bench.hf_vs_ours import format_rows
 
         return format_rows(data["rows"])
+    if what == "hf-patch-table":
+        from recipes.bench.hf_patch import format_rows as format_patch_rows
+
+        return format_patch_rows(data["rows"])
     if what == "machine":
         return data["machine"]
     if what.startswith("config.") or what == "seconds":
