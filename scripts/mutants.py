@@ -143,7 +143,7 @@ MUTANTS = [
            DENSE_TESTS),
     Mutant("hyper: our T drops the attention output", STRATEGIES + "hyper_connections.py",
            "out, m = state.pending.to(", "out, m = 0 * state.pending.to(", DENSE_TESTS),
-    Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.norm_eps)",
+    Mutant("hyper: norm without eps", STRATEGIES + "hyper_connections.py", "keepdim=True) + self.eps(dtype or hyper.dtype))",
            "keepdim=True))", DENSE_TESTS),
     Mutant("mudd authors: + X_i dropped", STRATEGIES + "mudd.py", "rms_normalize(summed, self.norm_eps) + y, states",
            "rms_normalize(summed, self.norm_eps), states", DENSE_TESTS),
@@ -259,11 +259,11 @@ MUTANTS = [
            ("tests/test_bench_depth.py",)),
     # lerp: x-transformers' learned value-residual mix
     Mutant("lerp: sigmoid weights V1, not the layer's own values", STRATEGIES + "lerp_value_residual.py",
-           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v.contiguous(), v1, ", LERP_TESTS),
+           "return torch.lerp(v1, v, mu.unsqueeze(-1))", "return torch.lerp(v, v1, mu.unsqueeze(-1))", LERP_TESTS),
     Mutant("lerp: each layer reads the previous layer's gate", STRATEGIES + "lerp_value_residual.py",
            "self.gates[layer - 1](h)", "self.gates[layer - 2](h)", LERP_TESTS),
     Mutant("lerp: backward keeps the QKV output alive", STRATEGIES + "lerp_value_residual.py",
-           "torch.lerp(v1, v.contiguous(), ", "torch.lerp(v1, v, ", LERP_TESTS),
+           "v, mu = v.contiguous(), self.mix(layer, h)", "mu = self.mix(layer, h)", LERP_TESTS),
     Mutant("lerp: init_std ignored", STRATEGIES + "lerp_value_residual.py",
            "nn.init.normal_(gate.weight, std=init_std)", "nn.init.normal_(gate.weight, std=0.02)", LERP_TESTS),
     # shortcut: modded-nanogpt's embedding shortcut
