@@ -88,17 +88,27 @@ def test_demo_noise_claims():
 def test_benchmark_page_claims():
     """docs/benchmarks.md, "Against the targets" and "Findings", against bench_cpu.json."""
     bench = json.loads((SUMMARY.parents[1] / "bench" / "bench_cpu.json").read_text())
+    page = (SUMMARY.parents[2] / "benchmarks.md").read_text()
     row = {(r["label"], r["mode"]): r for r in bench["main"]}
-    assert row["satformer", "compiled"]["rel_time"] <= 1.03  # met at the median (compiled)
-    assert row["satformer", "compiled"]["spread"] >= 0.01  # ... with a spread about as wide as the margin
+    # the compiled rounds shared the machine: their spreads are wide, and the page says so
+    assert max(row[s, "compiled"]["spread"] for s in ("static", "satformer", "lerp", "dense")) > 0.1
+    assert "the compiled rows of this run are not usable for time" in page and "not settled by this run" in page
     assert max(row["satformer", m]["rel_memory"] for m in ("eager", "compiled")) <= 1.02
     assert 1.0 < row["satformer", "eager"]["rel_time"] < 1.1  # "a few per cent"
+    eager = {label: r for (label, mode), r in row.items() if mode == "eager"}
+    assert max(eager, key=lambda s: eager[s]["rel_time"]) == "mhc"  # "mHC costs the most of all"
+    assert max(eager, key=lambda s: eager[s]["rel_memory"]) == "mhc"
+    assert eager["attnres[stack]"]["rel_time"] > eager["attnres"]["rel_time"] + 2 * eager["attnres"]["spread"]
+    assert eager["attnres[stack]"]["rel_memory"] > eager["attnres"]["rel_memory"]
+    for s in ("lerp", "value_embed", "shortcut"):  # "about the value strategies' cost", "a few per cent" memory
+        assert eager[s]["rel_time"] < 1.15 and eager[s]["rel_memory"] < 1.05
     from recipes.bench.report import stack_speedups  # the page's stack ÷ buffer table
 
     speedups = stack_speedups(bench["main"])
-    assert {(s, m) for s, m, _ in speedups} == {(s, m) for s in ("dense", "mudd") for m in ("eager", "compiled")}
-    for _, _, ratios in speedups:  # whole tiny model: every time ratio below 1.3; the buffer saves memory
-        assert ratios["rel_time"] < 1.3 and ratios["rel_memory"] > 1
+    assert {(s, m) for s, m, _ in speedups} == {(s, m) for s in ("dense", "mudd", "attnres")
+                                                for m in ("eager", "compiled")}
+    for _, _, ratios in speedups:  # the buffer saves memory in every row
+        assert ratios["rel_memory"] > 1
 
 
 def test_lean_training_claims():
