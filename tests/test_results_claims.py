@@ -132,3 +132,15 @@ def test_hf_benchmark_claims():
     quick = data["config"]["quick"]
     assert ('!!! warning "Quick run"' in page) == quick
     assert ("open until the full run replaces the quick one" in page) == quick
+
+
+def test_hf_patch_benchmark_claims():
+    """docs/benchmarks.md, "A patched Hugging Face Llama" and its target row, against hf_patch_cpu.json."""
+    from recipes.bench.hf_patch import HF_STRATEGIES
+
+    data = json.loads((SUMMARY.parents[1] / "bench" / "hf_patch_cpu.json").read_text())
+    row = {r["variant"]: r for r in data["rows"]}
+    assert list(row) == ["unpatched", *HF_STRATEGIES] and data["config"]["strategies"] == list(HF_STRATEGIES)
+    sat = row["satformer"]
+    assert sat["rel_train_time"] <= 1.05 and sat["rel_memory"] <= 1.02  # "met at the median, both"
+    assert sat["train_spread"] > 0.05  # "the spread is wider than the 5 % margin"
