@@ -26,3 +26,41 @@ FORMS: list[tuple[str, dict]] = [(s, {}) for s in sorted(STRATEGIES)] + EXTRA_FO
 
 #: pytest ids of :data:`FORMS`.
 FORM_IDS: list[str] = [s + "".join(f"-{k}={v}" for k, v in o.items()) for s, o in FORMS]
+
+
+def assert_compile_matches_eager(model, x) -> None:
+    """torch.compile(fullgraph=True, aot_eager) == eager: the logits and every parameter gradient."""
+    import torch
+
+    eager = model(x).logits
+    eager.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def assert_decode_and_padding_match(model, cfg, x, side: str = "left") -> None:
+    """Prefill 4 tokens then decode one at a time == the full forward; a padded batch == each prompt alone."""
+    import torch
+
+    from recipes.lm.model import KVCache
+    from test_model import tokens
+    from test_padding import padded
+
+    full = model(x).logits
+    cache = KVCache.allocate(cfg, x.shape[0], x.shape[1], dtype=torch.float64)
+    out, cache = model(x[:, :4], cache=cache)
+    steps = [out]
+    for t in range(4, x.shape[1]):
+        out, cache = model(x[:, t : t + 1], cache=cache)
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, 1), full)
+    prompts = [tokens(1, n, seed=n)[0] for n in (5, 2, 7)]
+    batch, mask, cols = padded(prompts, side)
+    logits = model(batch, attention_mask=mask).logits
+    for row, (p, col) in enumerate(zip(prompts, cols)):
+        torch.testing.assert_close(logits[row, col], model(p[None]).logits[0], rtol=1e-10, atol=1e-10)

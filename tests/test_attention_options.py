@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from recipes.experiments import study
 from recipes.lm.model import CausalLM, KVCache
+from forms import assert_compile_matches_eager, assert_decode_and_padding_match
 from test_model import model_for, tiny, tokens
-from test_padding import padded
 
 OPTIONS = [{"qkv_bias": True}, {"head_dim": 12}, {"head_dim": 6, "qkv_bias": True, "qk_norm": True}]
 # baseline; SATFormer's gate rows fused into the QKV GEMM (zero bias rows beside them); MUDDFormer's
@@ -34,35 +34,13 @@ def biased(cfg):
 def test_decode_and_padding_equal_the_full_forward(opts, strategy, options):
     cfg = tiny(strategy, options, **opts)
     model = biased(cfg)
-    x = tokens(2, 10)
-    full = model(x).logits
-    cache = KVCache.allocate(cfg, 2, 10, dtype=torch.float64)
-    assert cache.layers[0].k.shape == (2, 10, cfg.n_kv_heads, cfg.head_dim)
-    out, cache = model(x[:, :4], cache=cache)
-    steps = [out]
-    for t in range(4, 10):
-        out, cache = model(x[:, t : t + 1], cache=cache)
-        steps.append(out)
-    torch.testing.assert_close(torch.cat(steps, 1), full)
-    prompts = [tokens(1, n, seed=n)[0] for n in (5, 2, 7)]
-    batch, mask, cols = padded(prompts, "right")
-    logits = model(batch, attention_mask=mask).logits
-    for row, (p, col) in enumerate(zip(prompts, cols)):
-        torch.testing.assert_close(logits[row, col], model(p[None]).logits[0], rtol=1e-10, atol=1e-10)
+    assert KVCache.allocate(cfg, 2, 10).layers[0].k.shape == (2, 10, cfg.n_kv_heads, cfg.head_dim)
+    assert_decode_and_padding_match(model, cfg, tokens(2, 10), side="right")
 
 
 def test_compile_fullgraph_matches_eager(fresh_dynamo):
     model = biased(tiny("satformer", {"fuse_projection": True}, head_dim=6, qkv_bias=True, n_layers=2)).train()
-    x = tokens(2, 8)
-    eager = model(x).logits
-    eager.sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
-    out.sum().backward()
-    torch.testing.assert_close(out, eager)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
+    assert_compile_matches_eager(model, tokens(2, 8))
 
 
 def test_the_options_shape_the_attention_and_default_to_todays_model():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forms import FORM_IDS, FORMS
+from forms import FORM_IDS, FORMS, assert_compile_matches_eager
 from recipes.lm.model import CausalLM
 from recipes.train import TrainConfig, make_optimizer
 from recipes.train import checkpoint as ckpt
@@ -23,17 +23,7 @@ def test_compile_fullgraph_matches_eager(strategy, options, fresh_dynamo):
     capture (dynamo, fullgraph: no graph break) and AOTAutograd (functionalised buffer writes, the
     custom autograd functions) without inductor's C++ codegen, which costs ~1 min of CPU per model
     cold; the blocks' inductor path is covered by test_model."""
-    model = model_for(tiny(strategy, options, n_layers=3)).train()
-    x = tokens(2, 8)
-    eager = model(x).logits
-    eager.sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
-    out.sum().backward()
-    torch.testing.assert_close(out, eager)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
+    assert_compile_matches_eager(model_for(tiny(strategy, options, n_layers=3)).train(), tokens(2, 8))
 
 
 @pytest.mark.parametrize("strategy, options", FORMS, ids=FORM_IDS)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from recipes.experiments import study
-from recipes.lm.model import CausalLM, KVCache
+from forms import assert_compile_matches_eager, assert_decode_and_padding_match
+from recipes.lm.model import CausalLM
 from test_model import model_for, tiny, tokens
-from test_padding import padded
 
 OPTIONS = [{"layernorm_scaling": True}, {"peri_norm": True}, {"layernorm_scaling": True, "peri_norm": True}]
 
@@ -19,35 +19,12 @@ OPTIONS = [{"layernorm_scaling": True}, {"peri_norm": True}, {"layernorm_scaling
 @pytest.mark.parametrize("strategy", ["baseline", "satformer", "hyper"])
 def test_decode_and_padding_equal_the_full_forward(opts, strategy):
     cfg = tiny(strategy, **opts)
-    model = model_for(cfg)
-    x = tokens(2, 10)
-    full = model(x).logits
-    cache = KVCache.allocate(cfg, 2, 10, dtype=torch.float64)
-    out, cache = model(x[:, :4], cache=cache)
-    steps = [out]
-    for t in range(4, 10):
-        out, cache = model(x[:, t : t + 1], cache=cache)
-        steps.append(out)
-    torch.testing.assert_close(torch.cat(steps, 1), full)
-    prompts = [tokens(1, n, seed=n)[0] for n in (5, 2, 7)]
-    batch, mask, cols = padded(prompts, "left")
-    logits = model(batch, attention_mask=mask).logits
-    for row, (p, col) in enumerate(zip(prompts, cols)):
-        torch.testing.assert_close(logits[row, col], model(p[None]).logits[0], rtol=1e-10, atol=1e-10)
+    assert_decode_and_padding_match(model_for(cfg), cfg, tokens(2, 10))
 
 
 def test_compile_fullgraph_matches_eager(fresh_dynamo):
     model = model_for(tiny("satformer", layernorm_scaling=True, peri_norm=True, n_layers=2)).train()
-    x = tokens(2, 8)
-    eager = model(x).logits
-    eager.sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
-    out.sum().backward()
-    torch.testing.assert_close(out, eager)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
+    assert_compile_matches_eager(model, tokens(2, 8))
 
 
 def test_the_options_change_the_function_as_stated():
