@@ -144,3 +144,11 @@ def test_hf_patch_benchmark_claims():
     sat = row["satformer"]
     assert sat["rel_train_time"] <= 1.05 and sat["rel_memory"] <= 1.02  # "met at the median, both"
     assert sat["train_spread"] > 0.05  # "the spread is wider than the 5 % margin"
+
+
+def test_depth_benchmark_attnres_claims():
+    """docs/benchmarks.md, "Full vs Block AttnRes": Full's depth state grows with L, Block's does not."""
+    data = json.loads((SUMMARY.parents[1] / "bench" / "depth_cpu.json").read_text())
+    mem = {(r["strategy"], r["depth"]): r["buffer_no_grad_bytes"] for r in data["rows"] if r["strategy"].startswith("attnres")}
+    assert mem["attnres", 24] > 1.5 * mem["attnres", 12] > 1.5 * 1.5 * mem["attnres", 6]
+    assert mem["attnres-block", 24] <= 1.1 * mem["attnres-block", 12] and mem["attnres-block", 24] < mem["attnres", 24] / 3
