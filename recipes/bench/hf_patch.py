@@ -29,8 +29,6 @@ Results go to ``--out/results.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 import torch
 
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
-from recipes.bench.report import describe_machine
+from recipes.bench.report import describe_machine, write_results
 from recipes.lm.cli import positive_int
 from value_routing import STRATEGIES, apply_value_routing
 
@@ -171,11 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = measure(args)
     config = {k: getattr(args, k) for k in ("strategies", "hidden", "layers", "vocab", "seq_len", "batch",
                                             "decode_tokens", "rounds", "threads")}
-    report = {"machine": machine, "config": config, "loadavg_end": os.getloadavg(),
-              "seconds": time.perf_counter() - t0, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_results(args.out, machine, config, time.perf_counter() - t0, rows)
     print(format_rows(rows), flush=True)
     return report
 

@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -43,8 +40,8 @@ from typing import Any, Callable
 
 import torch
 
-from recipes.bench.measure import round_ratio
-from recipes.bench.report import describe_machine
+from recipes.bench.measure import round_ratio, time_interleaved
+from recipes.bench.report import describe_machine, write_results
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.cli import int_at_least, positive_int, user_errors
 from recipes.lm.config import ModelConfig
@@ -85,10 +82,13 @@ class Shape:
 
 
 class Runner:
-    """One side of one task: ``prepare()`` (untimed) then ``run()`` (timed)."""
+    """One side of one task for :func:`recipes.bench.measure.time_interleaved`: ``prepare()`` (untimed)
+    then ``step()`` (timed), its numbers per ``per_call`` units (a step, a prompt, a token)."""
 
-    def __init__(self, label: str, prepare: Callable[[], None], run: Callable[[], object], per_call: int = 1):
-        self.label, self.prepare, self.run, self.per_call = label, prepare, run, per_call
+    device = torch.device("cpu")
+
+    def __init__(self, label: str, prepare: Callable[[], None], step: Callable[[], object], per_call: int = 1):
+        self.label, self.prepare, self.step, self.per_call = label, prepare, step, per_call
 
 
 def train_runner(label: str, model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> Runner:
@@ -152,27 +152,6 @@ def inference_runners(ours: CausalLM, hf: torch.nn.Module, prompt: torch.Tensor,
             Runner("decode/hf", hf_ready, hf_decode, new.shape[1])]
 
 
-def time_interleaved(runners: list[Runner], rounds: int, steps: int) -> dict[str, list[list[tuple[float]]]]:
-    """Per-round seconds per unit (a step, a prompt, a token) of every runner, the start rotating."""
-    times: dict[str, list[list[tuple[float]]]] = {r.label: [] for r in runners}
-    for rnd in range(rounds):
-        k = rnd % len(runners)
-        gc.collect()
-        gc.disable()
-        try:
-            for runner in runners[k:] + runners[:k]:
-                calls = []
-                for _ in range(steps):
-                    runner.prepare()
-                    t0 = time.perf_counter()
-                    runner.run()
-                    calls.append(((time.perf_counter() - t0) / runner.per_call,))
-                times[runner.label].append(calls)
-        finally:
-            gc.enable()
-    return times
-
-
 def build_pair(shape: Shape) -> tuple[CausalLM, torch.nn.Module, float]:
     """Our baseline at ``shape``, the ``LlamaForCausalLM`` converted from it, and their largest logit gap."""
     from recipes.interop.convert import to_hf  # needs transformers; imported only to run
@@ -203,7 +182,7 @@ def measure(shape: Shape) -> tuple[list[dict[str, Any]], float]:
     for runner in runners:  # AdamW state, caches and the allocator settle before anything is timed
         for _ in range(shape.warmup):
             runner.prepare()
-            runner.run()
+            runner.step()
     times = time_interleaved(runners, shape.rounds, shape.steps)
     rows = []
     for task in TASKS:
@@ -268,11 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = {**shape.__dict__, "quick": args.quick, "threads": args.threads, "d_model": cfg.d_model,
               "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff,
               "vocab_size": cfg.vocab_size, "transformers": _transformers_version()}
-    report = {"machine": machine, "config": config, "loadavg_end": os.getloadavg(),
-              "seconds": time.perf_counter() - t0, "max_logit_gap": gap, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_results(args.out, machine, config, time.perf_counter() - t0, rows, max_logit_gap=gap)
     print(format_rows(rows), f"\nwrote {args.out}/results.json in {report['seconds']:.0f} s", flush=True)
     return report
 

@@ -23,8 +23,6 @@ allocates alike. Targets (issue 13): ``chunked`` saves >= 0.5 GB at seq 4096 for
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from dataclasses import replace
@@ -33,7 +31,7 @@ from typing import Any
 import torch
 
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
-from recipes.bench.report import describe_machine
+from recipes.bench.report import describe_machine, write_results
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.cli import positive_int
 from recipes.lm.model import CausalLM
@@ -136,11 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  seq {seq} done after {time.perf_counter() - t0:.0f} s", flush=True)
     config = {"size": size, "strategy": args.strategy, "batch": args.batch, "seq_lens": seqs, "rounds": rounds,
               "threads": args.threads}
-    report = {"machine": machine, "config": config, "loadavg_end": os.getloadavg(),
-              "seconds": time.perf_counter() - t0, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_results(args.out, machine, config, time.perf_counter() - t0, rows)
     print(format_rows(rows), flush=True)
     return report
 

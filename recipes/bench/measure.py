@@ -145,23 +145,29 @@ class Runner:
 
 def timed_steps(runner: Runner, steps: int) -> list[tuple[float, float, float]]:
     """``(wall seconds, cycles, instructions)`` of each of ``steps`` train steps (counters are
-    ``nan`` on CUDA or where unavailable)."""
+    ``nan`` on CUDA or where unavailable). A runner with a ``prepare()`` has it called untimed before
+    every step; one with ``per_call`` gets each step's numbers divided by it (per token, per prompt)."""
+    prepare, per_call = getattr(runner, "prepare", None), getattr(runner, "per_call", 1)
     if runner.device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
         for start, end in events:
+            if prepare is not None:
+                prepare()
             start.record()
             runner.step()
             end.record()
         torch.cuda.synchronize()
-        return [(start.elapsed_time(end) / 1e3, math.nan, math.nan) for start, end in events]
+        return [(start.elapsed_time(end) / 1e3 / per_call, math.nan, math.nan) for start, end in events]
     counters, times = process_counters(), []
     for _ in range(steps):
+        if prepare is not None:
+            prepare()
         c0 = counters.read() if counters else (math.nan, math.nan)
         t0 = time.perf_counter()
         runner.step()
         wall = time.perf_counter() - t0
         c1 = counters.read() if counters else (math.nan, math.nan)
-        times.append((wall, c1[0] - c0[0], c1[1] - c0[1]))
+        times.append((wall / per_call, (c1[0] - c0[0]) / per_call, (c1[1] - c0[1]) / per_call))
     return times
 
 

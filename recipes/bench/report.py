@@ -107,6 +107,18 @@ def format_sweep(rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
+def write_results(out: str, machine: str, config: dict[str, Any], seconds: float, rows: list[dict[str, Any]],
+                  **extra: Any) -> dict[str, Any]:
+    """The report of a side-by-side benchmark — machine, config, load average at the end, duration,
+    ``extra`` fields, rows — written to ``out/results.json`` and returned."""
+    report = {"machine": machine, "config": config, "loadavg_end": os.getloadavg(), "seconds": seconds, **extra,
+              "rows": rows}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def write_outputs(report: dict[str, Any], out: str) -> None:
     """``results.json`` and ``tables.md`` under ``out``."""
     os.makedirs(out, exist_ok=True)

@@ -159,7 +159,7 @@ class ManifoldHyperConnections(HyperConnections):
                              "residual reads H_pre = ½ of the stream): pass preserve_function=False")
         return options
 
-    def _static_init(self, m: int) -> Float[Tensor, "width"]:
+    def _static_init(self, m: int) -> Float[Tensor, " width"]:
         """Connection ``m``'s :math:`b`: pre :math:`\\sigma^{-1}` of :math:`2/(n+1)` on stream
         :math:`m \\bmod n` and of :math:`1/(n+1)` elsewhere (0 for :math:`n = 1`), post and res 0."""
         n, b = self.rate, torch.zeros(self.rate * (self.rate + 2))
