@@ -64,6 +64,8 @@ def model_spec(model: ModelConfig) -> dict[str, Any]:
     :data:`ADDED_FIELDS` left at their neutral values."""
     return {k: v for k, v in asdict(model).items()
             if k not in EXECUTION_ONLY and not (k in ADDED_FIELDS and _neutral(model, k, v))}
+
+
 #: Where each preset writes by default: the committed results the docs and the demo read.
 DEFAULT_OUT = {"published": "docs/results/study", "demo": "docs/results/demo", "smoke": "runs/study-smoke",
                **{f"sweep-lr{lr}": f"docs/results/ladder/sweep-lr{lr}" for lr in SWEEP_LRS},
