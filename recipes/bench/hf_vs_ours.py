@@ -25,7 +25,7 @@ Every task's two runners are timed **interleaved**: each round runs ``--steps`` 
 every runner, the starting runner rotating by one per round; untimed preparation (a copy of the
 prefilled cache, the train/eval switch) precedes every call. A task's ratio is the median over
 rounds of ``median(ours) / median(theirs)`` in that round, ``spread`` half the inter-quartile
-range (:func:`recipes.bench.measure.round_ratio`). Target (issue 19): ours ≤ 1.0× their time.
+range (:func:`recipes.bench.measure.round_ratio`). Target (issue 20): ours ≤ 1.0× their time.
 Results go to ``--out/results.json``.
 """
 
