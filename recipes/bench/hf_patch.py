@@ -22,7 +22,7 @@ is the adapter's own overhead). Measured per variant:
 Times are taken in interleaved rounds (:func:`recipes.bench.measure.time_interleaved`: every round
 runs every variant, the start rotating) and reported as the median over rounds of the per-round
 ratio to ``unpatched``, ± half the inter-quartile range; throughput ratios are ``unpatched`` time ÷
-variant time (> 1 is faster). Target (issue 19): ``satformer`` ≤ 1.05× train time, ≤ 1.02× memory.
+variant time (> 1 is faster). Target (issue 20): ``satformer`` ≤ 1.05× train time, ≤ 1.02× memory.
 Results go to ``--out/results.json``.
 """
 
