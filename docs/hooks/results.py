@@ -22,10 +22,13 @@ def _expand(match: re.Match, docs: Path, page_dir: Path) -> str:
     directory = docs / rel
     table = directory / "results.md"
     if not table.exists():
-        preset = _PRESETS.get(rel, "published")
-        return (f'!!! note "Not run yet"\n    No results are committed in `docs/{rel}` yet. Produce them with\n'
-                f"    `python -m recipes.experiments.study --preset {preset} --workers 2` (resumable; it writes "
-                f"`runs.jsonl`, `results.md`, `summary.json` and the plots there).\n")
+        if rel == "results/ladder":
+            how = ("`python -m recipes.experiments.study --preset ladder-1000 --workers 2` (resumable), then "
+                   "`python -m recipes.experiments.ladder_report` (it writes `results.md`, `summary.json` and the plots there).")
+        else:
+            how = (f"`python -m recipes.experiments.study --preset {_PRESETS.get(rel, 'published')} --workers 2` "
+                   "(resumable; it writes `runs.jsonl`, `results.md`, `summary.json` and the plots there).")
+        return f'!!! note "Not run yet"\n    No results are committed in `docs/{rel}` yet. Produce them with\n    {how}\n'
     figures = [f"![{png.stem}]({os.path.relpath(png, docs / page_dir).replace(os.sep, '/')})"
                for png in sorted(directory.glob("*.png"))]
     return table.read_text() + ("\n" + "\n\n".join(figures) + "\n" if figures else "")

@@ -1,0 +1,375 @@
+r"""The evidence report of the budget ladder, from the committed runs of its presets alone.
+
+``python -m recipes.experiments.ladder_report [--root docs/results/ladder] [--published docs/results/study] [--no-plots]``
+
+reads the ``runs.jsonl`` of the baseline-only learning-rate sweep (``ROOT/sweep-lr*``), of every
+rung (``ROOT/steps-N``, the ``ladder-N`` presets and ``ladder-1000-forms``) and of the published
+250-step study, and writes ``ROOT/summary.json``, ``ROOT/results.md`` and the plots
+``ROOT/trend.png`` and ``ROOT/probe.png``. A rung with some runs still missing is reported with
+the seeds it has (the tables say how many of the planned ones), so the report can be rendered
+while the ladder is still running. Statistics are :mod:`recipes.experiments.study_report`'s: mean
+± Student-t 95 % interval over seeds, and paired differences (same seed) with their own interval.
+
+Per rung:
+
+* **val loss** and its paired Δ vs the baseline (the study's table), and whether the baseline's
+  curve has flattened: the **last quarter's drop**, the training loss's mean over the window
+  ending at 3/4 of the steps minus that over the last window, per seed (:func:`last_quarter_drop`);
+* **held-out domains**: bits/byte per domain (:mod:`recipes.eval.domains`), paired Δ vs baseline;
+* **lexical probe**: accuracy by depth for each offset (:mod:`recipes.eval.probe`);
+* **gate** statistics of the SATFormer variants (:func:`recipes.eval.analyze.analyze_gates`),
+  over seeds: the fraction of exactly-zero gates, the mean gate per layer (depth), the spread of
+  the mean gate across the kv-heads of a layer (head specificity) and the mean gate per byte
+  category.
+
+Across rungs, the **trend**: each variant's paired Δ vs baseline and satformer − static (paired by
+seed) against the tokens seen (``steps × batch × seq_len``). The published study (250 steps) ran
+at its own learning rate, stated next to it; the rungs share the sweep's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from recipes.eval.analyze import TOKEN_CLASSES
+from recipes.experiments.study_config import LADDER_LR, LADDER_RUNGS, LADDER_FORMS, SWEEP_LRS
+from recipes.experiments.study_report import load_runs, mean_ci, paired_delta, summarize
+
+#: The differences the trend follows (minuend, subtrahend), beyond every variant − baseline.
+CONTRASTS: tuple[tuple[str, str], ...] = (("satformer", "static"),)
+#: Budgets of the rungs a report expects, with their planned variants and seeds (for "n of planned").
+PLANNED: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    1000: (tuple(dict.fromkeys(LADDER_RUNGS[1000][0] + LADDER_FORMS)), LADDER_RUNGS[1000][1]),
+    **{steps: rung for steps, rung in LADDER_RUNGS.items() if steps != 1000},
+}
+
+
+def _est(values: Sequence[float]) -> dict[str, Any] | None:
+    return mean_ci(list(values)).__dict__ if values else None
+
+
+def _by_variant(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
+    out: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for run in runs:
+        out.setdefault(run["spec"]["variant"]["name"], {})[run["spec"]["seed"]] = run
+    return out
+
+
+def last_quarter_drop(curve: Sequence[Sequence[float]]) -> float:
+    """Training loss (window mean) at 3/4 of the run minus that at its end: how much the last
+    quarter of training still lowered it."""
+    if len(curve) < 4:
+        raise ValueError(f"curve must have at least 4 points, got {len(curve)}")
+    end = curve[-1][0]
+    quarter = min(curve, key=lambda p: abs(p[0] - 0.75 * end))
+    return float(quarter[1] - curve[-1][1])
+
+
+def contrast(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], a: str, b: str, key: str = "val_loss") -> dict[str, Any] | None:
+    """Paired ``a − b`` of ``key`` over the seeds both variants have (``None`` if either is absent)."""
+    if a not in cells or b not in cells:
+        return None
+    est = paired_delta({s: r[key] for s, r in cells[a].items()}, {s: r[key] for s, r in cells[b].items()})
+    return None if est is None else est.__dict__
+
+
+def domain_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], baseline: str = "baseline") -> dict[str, Any]:
+    """Per variant and domain: bits/byte over seeds and the paired Δ vs ``baseline``; ``skipped``:
+    the domains some run could not evaluate, with the reason it recorded."""
+    base = cells.get(baseline, {})
+    out: dict[str, Any] = {"variants": {}, "skipped": {}}
+    for name, seeds in cells.items():
+        rows: dict[str, Any] = {}
+        for run in seeds.values():
+            out["skipped"].update(run.get("domains", {}).get("skipped", {}))
+        domains = [d for d in next(iter(seeds.values())).get("domains", {}) if d != "skipped"]
+        for domain in domains:
+            values = {s: r["domains"][domain] for s, r in seeds.items() if domain in r.get("domains", {})}
+            ref = {s: r["domains"][domain] for s, r in base.items() if domain in r.get("domains", {})}
+            delta = paired_delta(values, ref) if name != baseline else None
+            rows[domain] = {"estimate": _est(list(values.values())), "delta": None if delta is None else delta.__dict__}
+        if rows:
+            out["variants"][name] = rows
+    return out
+
+
+def probe_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], baseline: str = "baseline") -> dict[str, Any]:
+    """Per variant: probe accuracy by depth × offset over seeds (``accuracy[depth][offset]`` an
+    estimate), and the paired Δ vs ``baseline`` at the last depth (the stream the LM head reads)."""
+    out: dict[str, Any] = {"variants": {}}
+    base = cells.get(baseline, {})
+    for name, seeds in cells.items():
+        probed = {s: r["probe"] for s, r in seeds.items() if "probe" in r}
+        if not probed:
+            continue
+        first = next(iter(probed.values()))
+        out.update(offsets=first["offsets"], depths=first["depths"])
+        grid = [[_est([p["accuracy"][d][k] for p in probed.values()]) for k in range(len(first["offsets"]))]
+                for d in range(len(first["depths"]))]
+        last: list[dict[str, Any] | None] = []
+        for k in range(len(first["offsets"])):
+            ref = {s: r["probe"]["accuracy"][-1][k] for s, r in base.items() if "probe" in r}
+            delta = paired_delta({s: p["accuracy"][-1][k] for s, p in probed.items()}, ref) if name != baseline else None
+            last.append(None if delta is None else delta.__dict__)
+        out["variants"][name] = {"seeds": sorted(probed), "accuracy": grid, "last_delta": last}
+    return out
+
+
+def gate_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per SATFormer variant, over seeds: overall zero-gate fraction and mean gate; per gated layer
+    the mean gate and zero fraction (averaged over kv-heads) and the range of the mean gate across
+    its kv-heads; the mean gate per byte category (averaged over layers and heads)."""
+    out: dict[str, Any] = {}
+    for name, seeds in cells.items():
+        gates = [r["gates"] for _, r in sorted(seeds.items()) if "gates" in r]
+        if not gates:
+            continue
+        layers = gates[0]["gated_layers"]
+
+        def per_layer(g: Mapping[str, Any], key: str, i: int) -> float:
+            row = g[key][i]
+            return sum(row) / len(row)
+
+        classes = {}
+        for c in TOKEN_CLASSES:
+            vals = [sum(map(sum, g["per_class"][c]["mean_alpha"])) / (len(layers) * g["n_kv_heads"])
+                    for g in gates if g["per_class"][c]["mean_alpha"] is not None]
+            classes[c] = _est(vals)
+        out[name] = {
+            "act": gates[0]["act"], "seeds": len(gates), "layers": layers,
+            "frac_zero": _est([g["overall"]["frac_zero"] for g in gates]),
+            "mean_alpha": _est([g["overall"]["mean_alpha"] for g in gates]),
+            "layer_mean_alpha": [_est([per_layer(g, "mean_alpha", i) for g in gates]) for i in range(len(layers))],
+            "layer_frac_zero": [_est([per_layer(g, "frac_zero", i) for g in gates]) for i in range(len(layers))],
+            "head_range": [_est([max(g["mean_alpha"][i]) - min(g["mean_alpha"][i]) for g in gates]) for i in range(len(layers))],
+            "per_class": classes,
+        }
+    return out
+
+
+def rung_report(runs: Sequence[Mapping[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
+    """Everything one budget's runs say (see the module docstring)."""
+    summary = summarize(runs, baseline)["lm"]
+    cells = _by_variant(runs)
+    train = next(iter(runs))["spec"]["train"]
+    drops = {s: last_quarter_drop(r["curve"]) for s, r in cells.get(baseline, {}).items()}
+    return {
+        **summary,
+        "tokens": train["steps"] * train["batch_size"] * train["seq_len"],
+        "baseline_last_quarter_drop": _est(list(drops.values())),
+        "contrasts": {f"{a} - {b}": contrast(cells, a, b) for a, b in CONTRASTS},
+        "domains": domain_stats(cells, baseline),
+        "probe": probe_stats(cells, baseline),
+        "gates": gate_stats(cells),
+    }
+
+
+def sweep_report(root: Path) -> dict[str, Any]:
+    """The baseline-only sweep: per learning rate the val loss over its seeds; the winner once every
+    lr of :data:`SWEEP_LRS` has finished runs."""
+    rows = {}
+    for label, lr in SWEEP_LRS.items():
+        runs = load_runs(root / f"sweep-lr{label}" / "runs.jsonl")
+        if runs:
+            values = [r["val_loss"] for r in sorted(runs, key=lambda r: r["spec"]["seed"])]
+            rows[label] = {"lr": lr, "values": values, "estimate": _est(values)}
+    return {"rows": rows, "ladder_lr": LADDER_LR}
+
+
+def build(root: str | Path, published: str | Path | None = None) -> dict[str, Any]:
+    """The whole report as JSON: ``sweep``, ``rungs`` (by steps, with ``planned`` variants and seeds)
+    and, when given, the ``published`` study's LM runs as the 250-step reference."""
+    root = Path(root)
+    rungs: dict[str, Any] = {}
+    for directory in sorted(root.glob("steps-*"), key=lambda p: int(p.name.split("-")[1])):
+        runs = load_runs(directory / "runs.jsonl")
+        if runs:
+            steps = int(directory.name.split("-")[1])
+            report = rung_report(runs)
+            if steps in PLANNED:
+                report["planned"] = {"variants": list(PLANNED[steps][0]), "seeds": list(PLANNED[steps][1])}
+            rungs[str(steps)] = report
+    out: dict[str, Any] = {"sweep": sweep_report(root), "rungs": rungs}
+    if published is not None:
+        lm = [r for r in load_runs(Path(published) / "runs.jsonl") if r["spec"]["task"] == "lm"]
+        if lm:
+            cells = _by_variant(lm)
+            ref = summarize(lm)["lm"]
+            t = lm[0]["spec"]["train"]
+            ref.update(tokens=t["steps"] * t["batch_size"] * t["seq_len"],
+                       contrasts={f"{a} - {b}": contrast(cells, a, b) for a, b in CONTRASTS})
+            out["published"] = ref
+    return out
+
+
+def _fmt(est: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
+    if est is None:
+        return "–"
+    mean = f"{est['mean']:+.{digits}f}" if signed else f"{est['mean']:.{digits}f}"
+    return mean + ("" if est["half_width"] is None else f" ± {est['half_width']:.{digits}f}")
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    """The report's tables, in the order docs/results.md discusses them."""
+    lines: list[str] = ["### Learning-rate sweep (baseline only, 1000 steps)", ""]
+    sweep = report["sweep"]
+    lines += _table(["lr", "seeds", "val loss per seed", "mean ± 95% CI"],
+                    [[f"{r['lr']:g}", str(len(r["values"])), ", ".join(f"{v:.4f}" for v in r["values"]),
+                      _fmt(r["estimate"], 4)] for r in sweep["rows"].values()])
+    chosen = sweep["ladder_lr"]
+    lines += ["", f"Learning rate of every ladder run: {'not chosen yet (sweep unfinished)' if chosen is None else f'{chosen:g}'}."]
+    pub = report.get("published")
+    for steps, rung in report["rungs"].items():
+        b, rows = rung["budget"], rung["variants"]
+        planned = rung.get("planned", {"variants": list(rows), "seeds": []})
+        lines += ["", f"### {steps} steps ({rung['tokens'] / 1e6:.2f}M tokens), lr {b['lr']:g}", ""]
+        missing = [v for v in planned["variants"] if v not in rows]
+        lines.append(f"{b['n_layers']} layers × d_model {b['d_model']}; {b['steps']} steps × {b['batch_size']}×{b['seq_len']} "
+                     f"tokens. Seeds planned: {len(planned['seeds'])} per variant"
+                     + (f"; not run yet: {', '.join(missing)}" if missing else "") + ".")
+        drop = rung["baseline_last_quarter_drop"]
+        lines += ["", f"The baseline's training loss fell by {_fmt(drop)} nats over the last quarter of the run "
+                      "(window mean at 3/4 of the steps minus the last window's)." if drop else "", ""]
+        lines += _table(["variant", "seeds", "params", "val loss", "paired Δ vs baseline"],
+                        [[n, str(len(r["seeds"])), f"{r['params'] / 1e6:.2f}M", _fmt(r["estimate"], 4),
+                          _fmt(r["delta"], 4, signed=True)] for n, r in rows.items()])
+        for name, est in rung["contrasts"].items():
+            lines += ["", f"Paired {name}: {_fmt(est, 4, signed=True)}."]
+        dom = rung["domains"]
+        if dom["variants"]:
+            names = list(next(iter(dom["variants"].values())))
+            lines += ["", "Held-out domains, bits/byte (paired Δ vs baseline below each value):", ""]
+            lines += _table(["variant", *names],
+                            [[n, *(_fmt(r[d]["estimate"]) + ("" if r[d]["delta"] is None else f" ({_fmt(r[d]['delta'], signed=True)})")
+                                   for d in names)] for n, r in dom["variants"].items()])
+            if dom["skipped"]:
+                lines += ["", "Skipped: " + "; ".join(f"{d} ({why})" for d, why in dom["skipped"].items()) + "."]
+        probe = rung["probe"]
+        if probe["variants"]:
+            offs = probe["offsets"]
+            lines += ["", "Lexical probe, accuracy at the first block's output (depth 1) and at the last depth "
+                          "(the stream the head reads); paired Δ vs baseline at the last depth:", ""]
+            head = ["variant", *(f"byte t−{k} @1" for k in offs), *(f"byte t−{k} @{probe['depths'][-1]}" for k in offs)]
+            lines += _table(head, [[n, *(_fmt(r["accuracy"][1][k]) for k in range(len(offs))),
+                                    *(_fmt(r["accuracy"][-1][k]) + ("" if r["last_delta"][k] is None else
+                                                                   f" ({_fmt(r['last_delta'][k], signed=True)})")
+                                      for k in range(len(offs)))] for n, r in probe["variants"].items()])
+        for name, g in rung["gates"].items():
+            lines += ["", f"Gate of `{name}` ({g['act']}, {g['seeds']} seeds): fraction of exact zeros "
+                          f"{_fmt(g['frac_zero'])}, mean gate {_fmt(g['mean_alpha'])}.", ""]
+            lines += _table(["layer", "mean gate", "zero fraction", "range across kv-heads"],
+                            [[str(l), _fmt(g["layer_mean_alpha"][i]), _fmt(g["layer_frac_zero"][i]), _fmt(g["head_range"][i])]
+                             for i, l in enumerate(g["layers"])])
+            lines += ["", "Mean gate by byte category: " + ", ".join(f"{c} {_fmt(e)}" for c, e in g["per_class"].items()) + "."]
+    if pub is not None:
+        lines += ["", f"Reference: the published study's 250 steps ({pub['tokens'] / 1e6:.2f}M tokens) ran at lr "
+                      f"{pub['budget']['lr']:g}, so its Δs enter the trend plot as hollow markers, not as a rung."]
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+def plot(report: Mapping[str, Any], out: Path) -> list[Path]:
+    """``trend.png`` (paired Δ vs tokens seen, 95 % CI bars; hollow: the published study's
+    different-lr point) and ``probe.png`` (probe accuracy by depth, per offset, last rung with probes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rungs = report["rungs"]
+    series: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
+    for rung in rungs.values():
+        for name, row in rung["variants"].items():
+            if row["delta"] is not None:
+                series.setdefault(f"{name} − baseline", []).append((rung["tokens"], row["delta"]))
+        for name, est in rung["contrasts"].items():
+            if est is not None:
+                series.setdefault(name.replace(" - ", " − "), []).append((rung["tokens"], est))
+    if series:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        pub = report.get("published")
+        for i, (label, points) in enumerate(sorted(series.items())):
+            color = f"C{i % 10}"
+            xs = [p[0] * (1 + 0.03 * i) for p in points]  # a small offset keeps the bars apart
+            ax.errorbar(xs, [p[1]["mean"] for p in points], yerr=[p[1]["half_width"] or 0 for p in points],
+                        marker="o", capsize=3, color=color, label=label)
+            if pub is not None:
+                name = label.split(" − ")
+                ref = (pub["variants"].get(name[0], {}).get("delta") if name[1] == "baseline"
+                       else pub["contrasts"].get(f"{name[0]} - {name[1]}"))
+                if ref is not None:
+                    ax.errorbar([pub["tokens"] * (1 + 0.03 * i)], [ref["mean"]], yerr=[ref["half_width"] or 0],
+                                marker="o", mfc="none", capsize=3, color=color, linestyle="none")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("paired Δ val loss (nats), 95% CI")
+        ax.set_title("Budget ladder (hollow: published 250 steps, its own lr)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "trend.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    probed = [r for r in rungs.values() if r["probe"]["variants"]]
+    if probed:
+        probe = probed[-1]["probe"]
+        offs = probe["offsets"]
+        fig, axes = plt.subplots(1, len(offs), figsize=(3.2 * len(offs), 3.4), sharey=True, squeeze=False)
+        for k, ax in enumerate(axes[0]):
+            for name, row in probe["variants"].items():
+                means = [row["accuracy"][d][k]["mean"] for d in range(len(probe["depths"]))]
+                hw = [row["accuracy"][d][k]["half_width"] or 0 for d in range(len(probe["depths"]))]
+                ax.errorbar(probe["depths"], means, yerr=hw, marker=".", capsize=2, label=name)
+            ax.set_title(f"byte t−{offs[k]}")
+            ax.set_xlabel("depth (0 = embedding)")
+        axes[0][0].set_ylabel("probe accuracy (95% CI)")
+        axes[0][-1].legend(fontsize=6)
+        fig.suptitle(f"Lexical probe, {probed[-1]['budget']['steps']} steps")
+        fig.tight_layout()
+        paths.append(out / "probe.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def write(root: str | Path, published: str | Path | None = None, plots: bool = True) -> dict[str, Any]:
+    """Build the report and write ``summary.json``, ``results.md`` (and the plots) into ``root``."""
+    root = Path(root)
+    report = build(root, published)
+    if not report["rungs"] and not report["sweep"]["rows"]:
+        raise ValueError(f"no finished ladder or sweep runs under {str(root)!r}")
+    (root / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    (root / "results.md").write_text(format_markdown(report))
+    if plots:
+        plot(report, root)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="docs/results/ladder", help="the ladder's results directory")
+    parser.add_argument("--published", default="docs/results/study", help="the 250-step study ('' for none)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        parser.error(f"--root: {args.root!r} is not a directory")
+    if not any(load_runs(d / "runs.jsonl") for d in [*root.glob("steps-*"), *root.glob("sweep-lr*")]):
+        parser.error(f"--root: no finished ladder or sweep runs under {args.root!r} (run a ladder-* or sweep-lr* "
+                     "preset of recipes.experiments.study first)")
+    if args.published and not Path(args.published).is_dir():
+        parser.error(f"--published: {args.published!r} is not a directory (pass '' for none)")
+    report = write(root, args.published or None, plots=not args.no_plots)
+    print((root / "results.md").read_text())
+    return report
+
+
+if __name__ == "__main__":
+    main()
