@@ -84,13 +84,15 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             task = MQARConfig(**spec["mqar"])
             next_batch, loss_fn = (lambda: mqar_batch(task, cfg.batch_size, gen)), model_mqar_loss
         accuracy_curve: list[list[float]] = []
-        after_step = None
+        after_step: Callable[[int], None] | None = None
         if spec["task"] == "mqar":  # held-out accuracy where each loss window ends (own RNG: run unchanged)
             ends = set(_window_ends(cfg.steps, spec["curve_points"]))
 
-            def after_step(n: int) -> None:
+            def record_accuracy(n: int) -> None:
                 if n in ends:
                     accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
+
+            after_step = record_accuracy
 
         start = time.perf_counter()
         losses = fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step)
