@@ -47,6 +47,7 @@ CONVERT_TESTS = ("tests/test_convert.py",)
 HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
 VEMBED_TESTS = ("tests/test_value_embeddings.py", "tests/test_reference_model.py")
 MHC_TESTS = ("tests/test_mhc.py", "tests/test_reference_model.py")
+LADDER_TESTS = ("tests/test_ladder_report.py",)
 
 
 class Mutant(NamedTuple):
@@ -233,6 +234,22 @@ MUTANTS = [
            "total += end - max(start, reach)", "total += end - start", STUDY_TESTS),
     Mutant("study: accuracy curve evaluated one step early", "recipes/experiments/study_run.py",
            "if n in ends:", "if n + 1 in ends:", STUDY_TESTS),
+    # the budget ladder's evidence report
+    Mutant("ladder: contrast reversed", "recipes/experiments/ladder_report.py",
+           "est = paired_delta({s: r[key] for s, r in cells[a].items()}, {s: r[key] for s, r in cells[b].items()})",
+           "est = paired_delta({s: r[key] for s, r in cells[b].items()}, {s: r[key] for s, r in cells[a].items()})",
+           LADDER_TESTS),
+    Mutant("ladder: last-quarter drop from the first point", "recipes/experiments/ladder_report.py",
+           "return float(quarter[1] - curve[-1][1])", "return float(curve[0][1] - curve[-1][1])", LADDER_TESTS),
+    Mutant("ladder: probe Δ at the first depth", "recipes/experiments/ladder_report.py",
+           'ref = {s: r["probe"]["accuracy"][-1][k] for s, r in base.items() if "probe" in r}',
+           'ref = {s: r["probe"]["accuracy"][0][k] for s, r in base.items() if "probe" in r}', LADDER_TESTS),
+    Mutant("ladder: head range over layers", "recipes/experiments/ladder_report.py",
+           '"head_range": [_est([max(g["mean_alpha"][i]) - min(g["mean_alpha"][i]) for g in gates])',
+           '"head_range": [_est([max(g["mean_alpha"][i]) - min(g["mean_alpha"][0]) for g in gates])', LADDER_TESTS),
+    Mutant("ladder: domain Δ against the variant itself", "recipes/experiments/ladder_report.py",
+           "delta = paired_delta(values, ref) if name != baseline else None\n            rows[domain]",
+           "delta = paired_delta(values, values) if name != baseline else None\n            rows[domain]", LADDER_TESTS),
     # command-line tools: argparse's one-line errors (STYLE.md 15)
     Mutant("cli: count 0 treated as unset", "recipes/train/pretrain_config.py",
            "accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))\n"

@@ -27,7 +27,7 @@ LAYERS, HEADS = 3, 2
 
 def _gates(seed: int, shift: float) -> dict:
     """analyze_gates' format for gated layers 1..2 × 2 heads, values from the seed."""
-    mean = [[0.1 * (l + 1) + 0.01 * h + shift + 0.001 * seed for h in range(HEADS)] for l in range(2)]
+    mean = [[0.1 * (l + 1) + 0.01 * h * (l + 1) + shift + 0.001 * seed for h in range(HEADS)] for l in range(2)]
     zero = [[0.5 - 0.1 * l - 0.05 * h + 0.01 * seed for h in range(HEADS)] for l in range(2)]
     per_class = {c: {"count": 10, "mean_alpha": [[0.2 * i + 0.01 * seed + l * 0.1 for _ in range(HEADS)] for l in range(2)],
                      "frac_zero": zero} for i, c in enumerate(TOKEN_CLASSES)}
@@ -89,8 +89,8 @@ def test_rung_statistics_are_paired_by_seed():
     gate = rung["gates"]["satformer"]
     assert list(rung["gates"]) == ["satformer"]  # only runs that recorded gates
     _close(gate["frac_zero"], [0.4 - 0.02 * seed for seed in range(3)])
-    _close(gate["layer_mean_alpha"][1], [(0.2 + 0.2 + 0.01 + 0.002 * seed) / 2 for seed in range(3)])
-    assert gate["head_range"][0]["mean"] == pytest.approx(0.01)
+    _close(gate["layer_mean_alpha"][1], [(0.2 + 0.2 + 0.02 + 0.002 * seed) / 2 for seed in range(3)])
+    assert [r["mean"] for r in gate["head_range"]] == pytest.approx([0.01, 0.02])  # heads differ more in layer 2
     _close(gate["per_class"][TOKEN_CLASSES[1]], [0.2 + 0.01 * seed + 0.05 for seed in range(3)])
 
 
