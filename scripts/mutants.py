@@ -48,6 +48,7 @@ HF_PATCH_TESTS = ("tests/test_hf_patch.py",)
 VEMBED_TESTS = ("tests/test_value_embeddings.py", "tests/test_reference_model.py")
 MHC_TESTS = ("tests/test_mhc.py", "tests/test_reference_model.py")
 LADDER_TESTS = ("tests/test_ladder_report.py",)
+BENCH_TESTS = ("tests/test_bench.py",)
 
 
 class Mutant(NamedTuple):
@@ -234,6 +235,14 @@ MUTANTS = [
            "total += end - max(start, reach)", "total += end - start", STUDY_TESTS),
     Mutant("study: accuracy curve evaluated one step early", "recipes/experiments/study_run.py",
            "if n in ends:", "if n + 1 in ends:", STUDY_TESTS),
+    # benchmark timing
+    Mutant("bench: per_call ignored on CPU", "recipes/bench/measure.py",
+           "times.append((wall / per_call, (c1[0] - c0[0]) / per_call", "times.append((wall, (c1[0] - c0[0]) / per_call",
+           BENCH_TESTS),
+    Mutant("bench: prepare timed", "recipes/bench/measure.py",
+           "        c0 = counters.read() if counters else (math.nan, math.nan)\n        t0 = time.perf_counter()\n        runner.step()",
+           "        c0 = counters.read() if counters else (math.nan, math.nan)\n        t0 = time.perf_counter()\n"
+           "        if prepare is not None:\n            prepare()\n        runner.step()", BENCH_TESTS),
     # the budget ladder's evidence report
     Mutant("ladder: contrast reversed", "recipes/experiments/ladder_report.py",
            "est = paired_delta({s: r[key] for s, r in cells[a].items()}, {s: r[key] for s, r in cells[b].items()})",

@@ -120,3 +120,28 @@ def test_lean_bench_quick_writes_rows_for_every_variant(tmp_path):
     assert "activation_cut_vs_chunked" in rows[2]
     assert report["config"] == {"size": "tiny", "strategy": "satformer", "batch": 1, "seq_lens": [32, 64],
                                 "rounds": 2, "threads": 2}
+
+
+def test_timed_steps_leaves_prepare_out_and_divides_by_per_call(monkeypatch):
+    """On a fake clock: only step() is timed, prepare() runs before each step, per_call divides."""
+    clock = [0.0]
+    monkeypatch.setattr(bench_measure.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench_measure, "process_counters", lambda: None)
+    calls: list[str] = []
+
+    class Runner:
+        device = torch.device("cpu")
+        per_call = 4
+
+        def prepare(self) -> None:
+            calls.append("prepare")
+            clock[0] += 100.0  # untimed
+
+        def step(self) -> None:
+            calls.append("step")
+            clock[0] += 2.0 + len(calls) / 100
+
+    times = bench_measure.timed_steps(Runner(), 3)
+    assert calls == ["prepare", "step"] * 3
+    assert [t[0] for t in times] == pytest.approx([(2.0 + n / 100) / 4 for n in (2, 4, 6)])
+    assert all(math.isnan(t[1]) and math.isnan(t[2]) for t in times)
