@@ -259,6 +259,13 @@ MUTANTS = [
     Mutant("ladder: domain Δ against the variant itself", "recipes/experiments/ladder_report.py",
            "delta = paired_delta(values, ref) if name != baseline else None\n            rows[domain]",
            "delta = paired_delta(values, values) if name != baseline else None\n            rows[domain]", LADDER_TESTS),
+    Mutant("ladder: depth Δ from layer 0 to itself", "recipes/experiments/ladder_report.py",
+           'per_layer(g, "mean_alpha", len(layers) - 1) - per_layer(g, "mean_alpha", 0)',
+           'per_layer(g, "mean_alpha", 0) - per_layer(g, "mean_alpha", 0)', LADDER_TESTS),
+    Mutant("ladder: category Δ against the recorded overall mean", "recipes/experiments/ladder_report.py",
+           '- grid_mean(g["mean_alpha"], g)', '- g["overall"]["mean_alpha"]', LADDER_TESTS),
+    Mutant("ladder: variants in arrival order", "recipes/experiments/ladder_report.py",
+           'cells = _by_variant(runs, list(summary["variants"]))', 'cells = _by_variant(runs)', LADDER_TESTS),
     # command-line tools: argparse's one-line errors (STYLE.md 15)
     Mutant("cli: count 0 treated as unset", "recipes/train/pretrain_config.py",
            "accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))\n"

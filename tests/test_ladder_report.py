@@ -92,6 +92,18 @@ def test_rung_statistics_are_paired_by_seed():
     _close(gate["layer_mean_alpha"][1], [(0.2 + 0.2 + 0.02 + 0.002 * seed) / 2 for seed in range(3)])
     assert [r["mean"] for r in gate["head_range"]] == pytest.approx([0.01, 0.02])  # heads differ more in layer 2
     _close(gate["per_class"][TOKEN_CLASSES[1]], [0.2 + 0.01 * seed + 0.05 for seed in range(3)])
+    # layer 2's mean gate minus layer 1's, each averaged over heads: 0.1 + 0.01 · mean(h) = 0.105 every seed
+    _close(gate["depth_delta"], [0.105] * 3)
+    # category grid mean (0.2 i + 0.01 seed + 0.05) minus the all-token grid mean (0.1575 + 0.001 seed)
+    for i, c in enumerate(TOKEN_CLASSES):
+        _close(gate["class_delta"][c], [0.2 * i + 0.009 * seed + 0.05 - 0.1575 for seed in range(3)])
+
+
+def test_rung_tables_follow_the_study_order_not_arrival():
+    runs = _rung_runs()
+    rung = lr.rung_report(runs[::-1])  # satformer's runs arrive first
+    assert list(rung["domains"]["variants"]) == list(rung["probe"]["variants"]) == list(rung["variants"])
+    assert list(rung["variants"])[0] == "baseline"
 
 
 def test_contrast_and_deltas_use_only_the_seeds_both_have():
@@ -122,7 +134,7 @@ def _write(dir_: Path, runs: list[dict]) -> None:
 
 
 def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
-    monkeypatch.setitem(lr.PLANNED, 40, (("baseline", "static", "satformer", "peri-ln"), (0, 1, 2, 3, 4)))
+    monkeypatch.setattr(lr, "PLANNED", {40: (("baseline", "static", "satformer", "peri-ln"), (0, 1, 2, 3, 4))})
     _write(tmp_path / "steps-40", _rung_runs(40))
     _write(tmp_path / "steps-160", [r for r in _rung_runs(160) if r["spec"]["seed"] < 2])
     sweep = [_run("baseline", s, 2.0 + s * 0.1) for s in range(2)]
@@ -138,6 +150,11 @@ def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
     assert report["published"]["tokens"] == 10 * 32 and "satformer - static" in report["published"]["contrasts"]
     md = (tmp_path / "results.md").read_text()
     assert "Seeds planned: 5 per variant; not run yet: peri-ln." in md
+    assert report["not_started"] == {}
+    monkeypatch.setitem(lr.PLANNED, 640, (("baseline", "static"), (0, 1, 2)))
+    report = lr.write(tmp_path, pub, plots=False)
+    assert report["not_started"] == {"640": {"variants": ["baseline", "static"], "seeds": [0, 1, 2]}}
+    assert "### 640 steps: not run yet\n\nPlanned: baseline, static × 3 seeds." in (tmp_path / "results.md").read_text()
     assert "| 0.003 | 2 | 2.0000, 2.1000 |" in md
     delta = report["rungs"]["40"]["variants"]["static"]["delta"]
     assert f"{delta['mean']:+.4f} ± {delta['half_width']:.4f}" in md

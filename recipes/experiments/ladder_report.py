@@ -20,7 +20,9 @@ Per rung:
 * **gate** statistics of the SATFormer variants (:func:`recipes.eval.analyze.analyze_gates`),
   over seeds: the fraction of exactly-zero gates, the mean gate per layer (depth), the spread of
   the mean gate across the kv-heads of a layer (head specificity) and the mean gate per byte
-  category.
+  category; and two paired contrasts (same seed), which a seed-to-seed spread cannot fake: the last
+  gated layer's mean gate minus the first's (depth), and each category's mean gate minus the mean
+  over all tokens (category sensitivity).
 
 Across rungs, the **trend**: each variant's paired Δ vs baseline and satformer − static (paired by
 seed) against the tokens seen (``steps × batch × seq_len``). The published study (250 steps) ran
@@ -51,11 +53,12 @@ def _est(values: Sequence[float]) -> dict[str, Any] | None:
     return mean_ci(list(values)).__dict__ if values else None
 
 
-def _by_variant(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
-    out: dict[str, dict[int, Mapping[str, Any]]] = {}
+def _by_variant(runs: Sequence[Mapping[str, Any]], order: Sequence[str] = ()) -> dict[str, dict[int, Mapping[str, Any]]]:
+    """Runs by variant then seed; variants in ``order`` first (the study table's), then as they come."""
+    out: dict[str, dict[int, Mapping[str, Any]]] = {name: {} for name in order}
     for run in runs:
         out.setdefault(run["spec"]["variant"]["name"], {})[run["spec"]["seed"]] = run
-    return out
+    return {name: seeds for name, seeds in out.items() if seeds}
 
 
 def last_quarter_drop(curve: Sequence[Sequence[float]]) -> float:
@@ -121,7 +124,9 @@ def probe_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]], baseline: 
 def gate_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
     """Per SATFormer variant, over seeds: overall zero-gate fraction and mean gate; per gated layer
     the mean gate and zero fraction (averaged over kv-heads) and the range of the mean gate across
-    its kv-heads; the mean gate per byte category (averaged over layers and heads)."""
+    its kv-heads; the mean gate per byte category (averaged over layers and heads); and, paired by
+    seed, ``depth_delta`` (the last gated layer's mean gate minus the first's) and ``class_delta``
+    (each category's mean gate minus the mean over all tokens, both averaged over layers and heads)."""
     out: dict[str, Any] = {}
     for name, seeds in cells.items():
         gates = [r["gates"] for _, r in sorted(seeds.items()) if "gates" in r]
@@ -133,11 +138,15 @@ def gate_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str
             row = g[key][i]
             return sum(row) / len(row)
 
-        classes = {}
+        def grid_mean(grid: Sequence[Sequence[float]], g: Mapping[str, Any]) -> float:
+            return sum(map(sum, grid)) / (len(layers) * g["n_kv_heads"])
+
+        classes, class_delta = {}, {}
         for c in TOKEN_CLASSES:
-            vals = [sum(map(sum, g["per_class"][c]["mean_alpha"])) / (len(layers) * g["n_kv_heads"])
-                    for g in gates if g["per_class"][c]["mean_alpha"] is not None]
-            classes[c] = _est(vals)
+            seen = [g for g in gates if g["per_class"][c]["mean_alpha"] is not None]
+            classes[c] = _est([grid_mean(g["per_class"][c]["mean_alpha"], g) for g in seen])
+            class_delta[c] = _est([grid_mean(g["per_class"][c]["mean_alpha"], g) - grid_mean(g["mean_alpha"], g)
+                                   for g in seen])
         out[name] = {
             "act": gates[0]["act"], "seeds": len(gates), "layers": layers,
             "frac_zero": _est([g["overall"]["frac_zero"] for g in gates]),
@@ -145,7 +154,10 @@ def gate_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str
             "layer_mean_alpha": [_est([per_layer(g, "mean_alpha", i) for g in gates]) for i in range(len(layers))],
             "layer_frac_zero": [_est([per_layer(g, "frac_zero", i) for g in gates]) for i in range(len(layers))],
             "head_range": [_est([max(g["mean_alpha"][i]) - min(g["mean_alpha"][i]) for g in gates]) for i in range(len(layers))],
+            "depth_delta": _est([per_layer(g, "mean_alpha", len(layers) - 1) - per_layer(g, "mean_alpha", 0)
+                                 for g in gates]) if len(layers) > 1 else None,
             "per_class": classes,
+            "class_delta": class_delta,
         }
     return out
 
@@ -153,7 +165,7 @@ def gate_stats(cells: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str
 def rung_report(runs: Sequence[Mapping[str, Any]], baseline: str = "baseline") -> dict[str, Any]:
     """Everything one budget's runs say (see the module docstring)."""
     summary = summarize(runs, baseline)["lm"]
-    cells = _by_variant(runs)
+    cells = _by_variant(runs, list(summary["variants"]))
     train = next(iter(runs))["spec"]["train"]
     drops = {s: last_quarter_drop(r["curve"]) for s, r in cells.get(baseline, {}).items()}
     return {
@@ -192,7 +204,9 @@ def build(root: str | Path, published: str | Path | None = None) -> dict[str, An
             if steps in PLANNED:
                 report["planned"] = {"variants": list(PLANNED[steps][0]), "seeds": list(PLANNED[steps][1])}
             rungs[str(steps)] = report
-    out: dict[str, Any] = {"sweep": sweep_report(root), "rungs": rungs}
+    not_started = {str(steps): {"variants": list(v), "seeds": list(s)} for steps, (v, s) in sorted(PLANNED.items())
+                   if str(steps) not in rungs}
+    out: dict[str, Any] = {"sweep": sweep_report(root), "rungs": rungs, "not_started": not_started}
     if published is not None:
         lm = [r for r in load_runs(Path(published) / "runs.jsonl") if r["spec"]["task"] == "lm"]
         if lm:
@@ -267,7 +281,14 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             lines += _table(["layer", "mean gate", "zero fraction", "range across kv-heads"],
                             [[str(l), _fmt(g["layer_mean_alpha"][i]), _fmt(g["layer_frac_zero"][i]), _fmt(g["head_range"][i])]
                              for i, l in enumerate(g["layers"])])
-            lines += ["", "Mean gate by byte category: " + ", ".join(f"{c} {_fmt(e)}" for c, e in g["per_class"].items()) + "."]
+            if g["depth_delta"] is not None:
+                lines += ["", f"Paired, last gated layer minus first: {_fmt(g['depth_delta'], signed=True)}."]
+            lines += ["", "Mean gate by byte category (paired, minus the mean over all tokens): "
+                      + ", ".join(f"{c} {_fmt(e)}" + ("" if g["class_delta"][c] is None else f" ({_fmt(g['class_delta'][c], signed=True)})")
+                                  for c, e in g["per_class"].items()) + "."]
+    for steps, plan in report.get("not_started", {}).items():
+        lines += ["", f"### {steps} steps: not run yet", "",
+                  f"Planned: {', '.join(plan['variants'])} × {len(plan['seeds'])} seeds."]
     if pub is not None:
         lines += ["", f"Reference: the published study's 250 steps ({pub['tokens'] / 1e6:.2f}M tokens) ran at lr "
                       f"{pub['budget']['lr']:g}, so its Δs enter the trend plot as hollow markers, not as a rung."]
