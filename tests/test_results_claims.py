@@ -158,3 +158,105 @@ def test_depth_benchmark_attnres_claims():
     mem = {(r["strategy"], r["depth"]): r["buffer_no_grad_bytes"] for r in data["rows"] if r["strategy"].startswith("attnres")}
     assert mem["attnres", 24] > 1.5 * mem["attnres", 12] > 1.5 * 1.5 * mem["attnres", 6]
     assert mem["attnres-block", 24] <= 1.1 * mem["attnres-block", 12] and mem["attnres-block", 24] < mem["attnres", 24] / 3
+
+
+LADDER = SUMMARY.parents[1] / "ladder" / "summary.json"
+
+
+@pytest.fixture(scope="module")
+def ladder() -> dict:
+    return json.loads(LADDER.read_text())
+
+
+def _upper(delta: dict) -> float:
+    return delta["mean"] + delta["half_width"]
+
+
+def test_ladder_state_claims(ladder):
+    """"The 1000-step rung is complete; the 4000-step rung and the newer forms are still running"."""
+    rung = ladder["rungs"]["1000"]
+    core = ("baseline", "static", "satformer", "satformer-bias", "layernorm-scaling", "peri-ln")
+    assert all(rung["variants"][v]["seeds"] == [0, 1, 2, 3, 4] for v in core)
+    forms = [v for v in rung["planned"]["variants"] if v not in core]
+    assert not all(len(rung["variants"].get(v, {}).get("seeds", [])) >= 3 for v in forms)
+    long = ladder["rungs"].get("4000")
+    planned = long["planned"] if long else ladder["not_started"]["4000"]
+    assert not long or sum(len(r["seeds"]) for r in long["variants"].values()) < len(planned["variants"]) * len(planned["seeds"])
+
+
+def test_ladder_ranking_claims(ladder):
+    rung, pub = ladder["rungs"]["1000"], ladder["published"]
+    d = {n: r["delta"] for n, r in rung["variants"].items() if n != "baseline"}
+    assert d["static"]["mean"] < d["satformer-bias"]["mean"] < d["satformer"]["mean"] < 0  # the published order
+    assert pub["variants"]["static"]["delta"]["mean"] < pub["variants"]["satformer-bias"]["delta"]["mean"] \
+        < pub["variants"]["satformer"]["delta"]["mean"]
+    assert all(_excludes_zero(d[n]) for n in ("static", "satformer-bias", "satformer"))
+    assert d["satformer"]["half_width"] > 0.7 * abs(d["satformer"]["mean"])  # "only just excludes 0"
+    c = rung["contrasts"]["satformer - static"]
+    assert c["mean"] > 0 and _excludes_zero(c)
+    for name in ("static", "satformer"):  # "about twenty times smaller"
+        ratio = pub["variants"][name]["delta"]["mean"] / d[name]["mean"]
+        assert 15 < ratio < 30, (name, ratio)
+    assert pub["budget"]["lr"] == 3e-3 and rung["budget"]["lr"] == 1e-3
+    drop = rung["baseline_last_quarter_drop"]
+    assert drop["mean"] - drop["half_width"] > 0 and round(drop["mean"], 2) == 0.08  # not flat
+
+
+def test_ladder_domain_claims(ladder):
+    dom = ladder["rungs"]["1000"]["domains"]["variants"]
+    base = dom["baseline"]
+    for name in ("static", "satformer", "satformer-bias"):
+        row = dom[name]
+        for off in ("prose", "c"):  # larger off-domain, absolutely and relative to the baseline's bits/byte
+            assert row[off]["delta"]["mean"] < row["val"]["delta"]["mean"] < 0, (name, off)
+            assert (row[off]["delta"]["mean"] / base[off]["estimate"]["mean"]
+                    < row["val"]["delta"]["mean"] / base["val"]["estimate"]["mean"]), (name, off)
+    rel = {d: 100 * dom["static"][d]["delta"]["mean"] / base[d]["estimate"]["mean"] for d in ("val", "prose", "c")}
+    assert [round(rel[d], 1) for d in ("val", "prose", "c")] == [-1.6, -2.4, -1.9]
+    sat = dom["satformer"]
+    assert not _excludes_zero(sat["val"]["delta"]) and all(_excludes_zero(sat[d]["delta"]) for d in ("prose", "c"))
+
+
+def test_ladder_probe_claims(ladder):
+    probe = ladder["rungs"]["1000"]["probe"]
+    assert probe["offsets"][:2] == [0, 1] and probe["depths"][1] == 1
+    acc = probe["variants"]["baseline"]["accuracy"]
+    assert (round(acc[1][0]["mean"], 2), round(acc[-1][0]["mean"], 2)) == (0.99, 0.89)
+    assert (round(acc[1][1]["mean"], 2), round(acc[-1][1]["mean"], 2)) == (0.80, 0.71)
+    last = {n: r["last_delta"] for n, r in probe["variants"].items() if n != "baseline"}
+    assert last["static"][0]["mean"] < 0 and _excludes_zero(last["static"][0]) and round(last["static"][0]["mean"], 2) == -0.04
+    for name, rounded in (("satformer-bias", -0.02), ("satformer", -0.01)):
+        assert _excludes_zero(last[name][0]) and round(last[name][0]["mean"], 2) == rounded, name
+    assert last["satformer"][0]["half_width"] > 0.9 * abs(last["satformer"][0]["mean"])  # "only just"
+    more = {n for n, deltas in last.items() if all(x["mean"] > 0 and _excludes_zero(x) for x in deltas[:2])}
+    assert more == {"layernorm-scaling"}
+    losses = {n: r["estimate"]["mean"] for n, r in ladder["rungs"]["1000"]["variants"].items()}
+    assert max(losses, key=losses.get) == "layernorm-scaling"
+
+
+def test_ladder_normalization_claims(ladder):
+    rung = ladder["rungs"]["1000"]
+    lns, peri = rung["variants"]["layernorm-scaling"]["delta"], rung["variants"]["peri-ln"]["delta"]
+    assert lns["mean"] > 0 and _excludes_zero(lns) and round(lns["mean"], 3) == 0.022
+    assert peri["mean"] > 0 and _excludes_zero(peri) and peri["half_width"] > 0.8 * peri["mean"]
+    assert round(peri["mean"], 3) == 0.008
+    dom = rung["domains"]["variants"]
+    assert all(dom["layernorm-scaling"][d]["delta"]["mean"] > 0 and _excludes_zero(dom["layernorm-scaling"][d]["delta"])
+               for d in ("val", "prose"))
+    assert not any(_excludes_zero(dom["peri-ln"][d]["delta"]) for d in ("val", "prose", "c"))
+
+
+def test_ladder_gate_claims(ladder):
+    gates = ladder["rungs"]["1000"]["gates"]
+    for name in ("satformer", "satformer-bias"):
+        cd = gates[name]["class_delta"]
+        assert cd["whitespace"]["mean"] < 0 and _excludes_zero(cd["whitespace"]), name
+        for c in ("punct", "digit"):
+            assert cd[c]["mean"] > 0 and _excludes_zero(cd[c]), (name, c)
+    bias, relu = gates["satformer-bias"], gates["satformer"]
+    assert bias["depth_delta"]["mean"] > 0 and _excludes_zero(bias["depth_delta"])
+    assert round(bias["depth_delta"]["mean"], 2) == 0.61
+    assert not _excludes_zero(relu["depth_delta"]) and round(relu["depth_delta"]["mean"], 2) == 0.07
+    assert round(relu["frac_zero"]["mean"], 2) == 0.49 and round(bias["frac_zero"]["mean"], 2) == 0.09
+    ranges = [r["mean"] for g in (relu, bias) for r in g["head_range"]]
+    assert 0.15 <= round(min(ranges), 2) and round(max(ranges), 2) <= 0.75
