@@ -296,8 +296,8 @@ def format_markdown(report: Mapping[str, Any]) -> str:
 
 
 def plot(report: Mapping[str, Any], out: Path) -> list[Path]:
-    """``trend.png`` (paired Δ vs tokens seen, 95 % CI bars; hollow: the published study's
-    different-lr point) and ``probe.png`` (probe accuracy by depth, per offset, last rung with probes)."""
+    """``trend.png`` (paired Δ vs tokens seen, 95 % CI bars; left with the published study's
+    different-lr points hollow, right the rungs alone at their own scale) and ``probe.png`` (probe accuracy by depth, per offset, last rung with probes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,26 +314,31 @@ def plot(report: Mapping[str, Any], out: Path) -> list[Path]:
             if est is not None:
                 series.setdefault(name.replace(" - ", " − "), []).append((rung["tokens"], est))
     if series:
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        # left: the rungs with the published study's points; right: the rungs alone, zoomed (their
+        # Δs are an order of magnitude smaller than the published ones and vanish at one scale)
+        fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
         pub = report.get("published")
         for i, (label, points) in enumerate(sorted(series.items())):
             color = f"C{i % 10}"
             xs = [p[0] * (1 + 0.03 * i) for p in points]  # a small offset keeps the bars apart
-            ax.errorbar(xs, [p[1]["mean"] for p in points], yerr=[p[1]["half_width"] or 0 for p in points],
-                        marker="o", capsize=3, color=color, label=label)
+            for ax in (ax_all, ax_zoom):
+                ax.errorbar(xs, [p[1]["mean"] for p in points], yerr=[p[1]["half_width"] or 0 for p in points],
+                            marker="o", capsize=3, color=color, label=label)
             if pub is not None:
                 name = label.split(" − ")
                 ref = (pub["variants"].get(name[0], {}).get("delta") if name[1] == "baseline"
                        else pub["contrasts"].get(f"{name[0]} - {name[1]}"))
                 if ref is not None:
-                    ax.errorbar([pub["tokens"] * (1 + 0.03 * i)], [ref["mean"]], yerr=[ref["half_width"] or 0],
-                                marker="o", mfc="none", capsize=3, color=color, linestyle="none")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("paired Δ val loss (nats), 95% CI")
-        ax.set_title("Budget ladder (hollow: published 250 steps, its own lr)")
-        ax.legend(fontsize=7)
+                    ax_all.errorbar([pub["tokens"] * (1 + 0.03 * i)], [ref["mean"]], yerr=[ref["half_width"] or 0],
+                                    marker="o", mfc="none", capsize=3, color=color, linestyle="none")
+        for ax in (ax_all, ax_zoom):
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("tokens seen")
+        ax_all.set_ylabel("paired Δ val loss (nats), 95% CI")
+        ax_all.set_title("Budget ladder (hollow: published 250 steps, its own lr)", fontsize=10)
+        ax_zoom.set_title("The rungs alone (one lr), zoomed", fontsize=10)
+        ax_zoom.legend(fontsize=7)
         fig.tight_layout()
         paths.append(out / "trend.png")
         fig.savefig(paths[-1], dpi=120)
