@@ -35,7 +35,7 @@ DENSE_TESTS = ("tests/test_reference_model.py", "tests/test_dense_strategies.py"
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_reference_model.py", "tests/test_value_strategies.py",
                 "tests/test_dense_strategies.py")
 CKPT_TESTS = ("tests/test_checkpoint.py",)
-STUDY_TESTS = ("tests/test_study.py",)
+STUDY_TESTS = ("tests/test_study.py", "tests/test_study_stats.py")
 CLI_TESTS = ("tests/test_cli_errors.py",)
 TRAIN_TESTS = ("tests/test_train_arithmetic.py",)
 SAMPLING_TESTS = ("tests/test_sampling.py",)
@@ -234,7 +234,7 @@ MUTANTS = [
     Mutant("study: wall time ignores overlap", "recipes/experiments/study_report.py",
            "total += end - max(start, reach)", "total += end - start", STUDY_TESTS),
     Mutant("study: accuracy curve evaluated one step early", "recipes/experiments/study_run.py",
-           "if n in ends:", "if n + 1 in ends:", STUDY_TESTS),
+           '== "mqar" and n in ends:', '== "mqar" and n + 1 in ends:', STUDY_TESTS),
     # benchmark timing
     Mutant("bench: per_call ignored on CPU", "recipes/bench/measure.py",
            "times.append((wall / per_call, (c1[0] - c0[0]) / per_call", "times.append((wall, (c1[0] - c0[0]) / per_call",
@@ -243,6 +243,18 @@ MUTANTS = [
            "        c0 = counters.read() if counters else (math.nan, math.nan)\n        t0 = time.perf_counter()\n        runner.step()",
            "        c0 = counters.read() if counters else (math.nan, math.nan)\n        t0 = time.perf_counter()\n"
            "        if prepare is not None:\n            prepare()\n        runner.step()", BENCH_TESTS),
+    # a study run's mid-run checkpoint: resume exactly where it stopped
+    Mutant("study: resume without the data generator's state", "recipes/experiments/study_run.py",
+           '            gen.set_state(state["gen"])\n', "", STUDY_TESTS),
+    Mutant("study: resume without the optimiser's state", "recipes/experiments/study_run.py",
+           '            opt.load_state_dict(state["opt"])\n', "", STUDY_TESTS),
+    Mutant("study: checkpoint saved one step early", "recipes/experiments/study_run.py",
+           "if path is not None and n % every == 0 and n < cfg.steps:",
+           "if path is not None and (n + 1) % every == 0 and n < cfg.steps:", STUDY_TESTS),
+    Mutant("study: finished run's checkpoint kept", "recipes/experiments/study.py",
+           '            partial_path(out, result["spec"]).unlink(missing_ok=True)\n', "", STUDY_TESTS),
+    Mutant("train: resumed loop restarts at step 0", "recipes/train/loop.py",
+           "bar = tqdm(range(len(losses), cfg.steps)", "bar = tqdm(range(0, cfg.steps - len(losses))", TRAIN_TESTS),
     # the budget ladder's evidence report
     Mutant("ladder: contrast reversed", "recipes/experiments/ladder_report.py",
            "est = paired_delta({s: r[key] for s, r in cells[a].items()}, {s: r[key] for s, r in cells[b].items()})",

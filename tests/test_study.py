@@ -21,6 +21,7 @@ from recipes.experiments.study_config import PRESETS, VARIANTS, Shape, StudyConf
 from recipes.experiments.study_report import load_runs, summarize
 from recipes.eval.mqar import MQARConfig, train_mqar
 from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
+import recipes.train.loop as loop
 from recipes.train.loop import TrainConfig
 
 TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
@@ -42,11 +43,11 @@ def test_resume_runs_only_the_unfinished_runs(tmp_path, monkeypatch):
     calls: list[str] = []
     real = study.run_one
 
-    def interrupted(spec):
+    def interrupted(spec, *args):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(spec["variant"]["name"])
-        return real(spec)
+        return real(spec, *args)
 
     monkeypatch.setattr(study, "run_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -55,7 +56,7 @@ def test_resume_runs_only_the_unfinished_runs(tmp_path, monkeypatch):
     with open(tmp_path / "a" / "runs.jsonl", "a") as f:
         f.write('{"key": "torn')  # a process killed mid-write
     calls.clear()
-    monkeypatch.setattr(study, "run_one", lambda spec: calls.append(spec["seed"]) or real(spec))
+    monkeypatch.setattr(study, "run_one", lambda spec, *a: calls.append(spec["seed"]) or real(spec, *a))
     resumed = study.run_study(_cfg(), tmp_path / "a", progress=False)
     assert calls == [1, 1]  # seed 0's two runs had finished
     monkeypatch.setattr(study, "run_one", real)
@@ -68,13 +69,79 @@ def test_changed_settings_do_not_reuse_results(tmp_path, monkeypatch):
     study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
     calls: list[str] = []
     real = study.run_one
-    monkeypatch.setattr(study, "run_one", lambda spec: calls.append(spec["variant"]["name"]) or real(spec))
+    monkeypatch.setattr(study, "run_one", lambda spec, *a: calls.append(spec["variant"]["name"]) or real(spec, *a))
     study.run_study(_cfg(seeds=(0,)), tmp_path, progress=False)
     assert calls == []
     study.run_study(_cfg(steps=5, seeds=(0,)), tmp_path, progress=False)
     assert calls == ["baseline", "satformer"]
     study.run_study(_cfg(steps=5, seeds=(0,), variants=("baseline", "satformer-sigmoid")), tmp_path, progress=False)
     assert calls == ["baseline", "satformer", "satformer-sigmoid"]
+
+
+_TRAIN_STEP = loop.train_step  # the real one, whatever a test patched in
+
+
+class Interrupt(Exception):
+    """Stands for a kill: raised by a train step after a given number of steps."""
+
+
+def _stop_after(monkeypatch, n: int) -> list[int]:
+    """Make the training loop's ``n + 1``-th step raise :class:`Interrupt`; returns the step counter."""
+    real, taken = _TRAIN_STEP, [0]
+
+    def step(*args, **kwargs):
+        if taken[0] == n:
+            raise Interrupt
+        taken[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    return taken
+
+
+def _without_time(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in ("seconds", "finished_at")}
+
+
+@pytest.mark.parametrize("task", ["lm", "mqar"])
+def test_interrupted_run_resumes_from_its_checkpoint_bit_identically(tmp_path, monkeypatch, task):
+    monkeypatch.setattr("recipes.experiments.study_run.EVAL_WINDOWS", 4)
+    monkeypatch.setattr("recipes.experiments.study_run.EVAL_SEQ_LEN", 16)
+    mqar = MQARConfig(vocab_size=16, seq_len=16, num_kv_pairs=2)
+    base = _cfg(steps=7, seeds=(1,), variants=("baseline", "satformer"))
+    cfg = replace(base, lm=replace(base.lm, evals=("domains", "probe", "gates")),
+                  mqar=Task(replace(TRAIN, steps=7), mqar))
+    spec = next(s for s in study.plan(cfg) if s["task"] == task and s["variant"]["name"] == "satformer")
+    straight = study.run_one(spec)
+    path = tmp_path / "partial.pt"
+    _stop_after(monkeypatch, 5)
+    with pytest.raises(Interrupt):
+        study.run_one(spec, path, 2)
+    assert path.exists() and len(torch.load(path, weights_only=True)["losses"]) == 4  # saved at steps 2 and 4
+    taken = _stop_after(monkeypatch, 100)
+    resumed = study.run_one(spec, path, 2)
+    assert taken[0] == 3  # steps 5-7 only: it resumed, it did not start over
+    assert _without_time(resumed) == _without_time(straight)
+    other = dict(spec, seed=2, train={**spec["train"], "seed": 2})
+    with pytest.raises(ValueError, match="partial: .* is a checkpoint of another run"):
+        study.run_one(other, path, 2)
+
+
+def test_study_checkpoints_runs_in_progress_and_cleans_up(tmp_path, monkeypatch):
+    cfg = _cfg(steps=6, seeds=(0,))
+    fresh = study.run_study(cfg, tmp_path / "fresh", progress=False, checkpoint_every=0)
+    out = tmp_path / "a"
+    _stop_after(monkeypatch, 6 + 4)  # the first run finishes, the second is killed after 4 steps
+    with pytest.raises(Interrupt):
+        study.run_study(cfg, out, progress=False, checkpoint_every=3)
+    first, second = study.plan(cfg)
+    assert len(load_runs(out / "runs.jsonl")) == 1
+    assert not study.partial_path(out, first).exists() and study.partial_path(out, second).exists()
+    study.partial_path(out, first).write_bytes(b"stale")  # a run stored just before a kill
+    taken = _stop_after(monkeypatch, 100)
+    resumed = study.run_study(cfg, out, progress=False, checkpoint_every=3)
+    assert taken[0] == 3 and _results(resumed) == _results(fresh)
+    assert list((out / "partial").iterdir()) == []
 
 
 def test_two_workers_give_bit_identical_results(tmp_path):
@@ -155,8 +222,11 @@ def test_bad_settings_fail_before_any_run(tmp_path, capsys):
         _cfg().override(tasks=["mqar"])
     with pytest.raises(ValueError, match="workers must be >= 1"):
         study.run_study(_cfg(), tmp_path, workers=0)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 0"):
+        study.run_study(_cfg(), tmp_path, checkpoint_every=-1)
     for argv, message in ((["--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
                           (["--variants", "baseline", "sat"], "argument --variants: invalid choice: 'sat'"),
+                          (["--checkpoint-every", "-1"], "argument --checkpoint-every: must be an integer >= 0, got -1"),
                           (["--report-only", "--out", str(tmp_path / "empty")], "--out: no finished runs")):
         with pytest.raises(SystemExit) as exit_:  # argparse's convention: one line, exit status 2
             study.main(["--preset", "smoke", "--out", str(tmp_path), *argv])

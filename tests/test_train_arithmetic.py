@@ -23,6 +23,7 @@ from recipes.data.shards import TokenWindows, write_shard
 from recipes.lm.builders import satformer
 from recipes.lm.model import CausalLM
 from recipes.train import OptimConfig, TrainConfig, lr_at, make_optimizer, pretrain, train_step
+from recipes.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A 2-layer, 32-wide SATFormer in float64 on 16-token windows of random bytes, one step.
@@ -122,6 +123,19 @@ def test_train_step_leaves_a_gradient_below_the_clip_untouched():
     train_step(model, opt, 0, OptimConfig(grad_clip=100.0), batches, _square_loss)
     for got, want in zip(opt.steps[0][1], expected):
         torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+
+
+def test_fit_resumed_with_earlier_losses_takes_only_the_remaining_steps_at_their_lrs():
+    model, batches = _linear(), _batches(6, 1)
+    cfg = TrainConfig(steps=6, lr=0.01, warmup=2, grad_clip=100.0)
+    opt, seen = GradRecorder(model.parameters()), []
+    earlier = [9.0, 8.0]
+    got = fit(model, opt, cfg, lambda: batches[0], _square_loss, after_step=seen.append, losses=earlier)
+    assert got is earlier and len(got) == 6 and got[:2] == [9.0, 8.0]
+    assert seen == [3, 4, 5, 6]
+    assert [lr for lr, _ in opt.steps] == [lr_at(s, cfg) for s in range(2, 6)]
+    with pytest.raises(ValueError, match="losses: 7 steps already taken, more than steps=6"):
+        fit(model, opt, cfg, lambda: batches[0], _square_loss, losses=[1.0] * 7)
 
 
 @pytest.mark.parametrize("parts", [2, 3])

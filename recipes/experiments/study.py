@@ -104,19 +104,25 @@ def spec_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train and evaluate the run ``spec`` describes (single-threaded; see :func:`execute`)."""
-    return {"key": spec_key(spec), **execute(spec), "finished_at": time.time(), "spec": spec}
+def run_one(spec: dict[str, Any], partial: str | Path | None = None, every: int = 0) -> dict[str, Any]:
+    """Train and evaluate the run ``spec`` describes (single-threaded; see :func:`execute`, which
+    checkpoints to and resumes from ``partial`` every ``every`` steps)."""
+    return {"key": spec_key(spec), **execute(spec, partial, every), "finished_at": time.time(), "spec": spec}
 
 
-def _execute(specs: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+def partial_path(out: str | Path, spec: dict[str, Any]) -> Path:
+    """Where the unfinished run ``spec`` of the study in ``out`` keeps its checkpoint."""
+    return Path(out) / "partial" / f"{spec_key(spec)}.pt"
+
+
+def _execute(specs: list[dict[str, Any]], workers: int, out: Path, every: int) -> Iterator[dict[str, Any]]:
     """Results of ``specs`` as they finish: in this process, or in ``workers`` spawned processes."""
     if workers == 1:
         for spec in specs:
-            yield run_one(spec)
+            yield run_one(spec, partial_path(out, spec), every)
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, spec) for spec in specs]
+        futures = [pool.submit(run_one, spec, partial_path(out, spec), every) for spec in specs]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -131,10 +137,21 @@ def _drop_torn_line(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the study's unfinished runs (``workers`` processes); return all of its finished runs."""
+#: Default checkpoint interval of a study's runs, in steps (a 4000-step ladder run saves 16 times).
+CHECKPOINT_EVERY = 250
+
+
+def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: bool = True,
+              checkpoint_every: int = CHECKPOINT_EVERY) -> list[dict[str, Any]]:
+    """Run the study's unfinished runs (``workers`` processes); return all of its finished runs.
+
+    Each unfinished run checkpoints to ``out/partial/KEY.pt`` every ``checkpoint_every`` steps
+    (0: never) and resumes from there, so an interrupted study loses at most that many steps per
+    run in progress; the file goes once the run's line is on disk."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.jsonl"
@@ -142,12 +159,16 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
     specs = plan(cfg)
     done = {run["key"] for run in load_runs(path)}
     todo = [spec for spec in specs if spec_key(spec) not in done]
+    for spec in specs:  # a run stored just before the process died may have left its checkpoint
+        if spec_key(spec) in done:
+            partial_path(out, spec).unlink(missing_ok=True)
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", disable=not progress, unit="run")
     with open(path, "a") as f:
-        for result in _execute(todo, workers):
+        for result in _execute(todo, workers, out, checkpoint_every):
             f.write(json.dumps(result) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            partial_path(out, result["spec"]).unlink(missing_ok=True)
             bar.update()
             bar.set_postfix_str(f"{result['spec']['variant']['name']} seed {result['spec']['seed']}", refresh=False)
     bar.close()
@@ -167,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", choices=("lm", "mqar"), help="override the preset's tasks")
     p.add_argument("--report-only", action="store_true", help="re-render the report from OUT/runs.jsonl")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, metavar="STEPS",
+                   help="save each run in progress to OUT/partial every STEPS steps and resume from there "
+                        f"(0: never; default {CHECKPOINT_EVERY})")
     return p
 
 
@@ -185,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cfg = PRESETS[args.preset]().override(seeds=args.seeds, variants=args.variants, tasks=args.tasks)
         print(f"study {args.preset}: {len(cfg.variants)} variants × {len(cfg.seeds)} seeds × tasks {list(cfg.tasks)}"
               f" -> {out / 'runs.jsonl'}", file=sys.stderr)
-        runs = run_study(cfg, out, args.workers)
+        runs = run_study(cfg, out, args.workers, checkpoint_every=args.checkpoint_every)
     summary = write_report(out, runs=None if args.report_only else runs)
     if not args.no_plots:
         plot(summary, load_runs(out / "runs.jsonl") if args.report_only else runs, out)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -58,7 +61,15 @@ def end_evals(model: CausalLM, val: torch.Tensor, evals: Sequence[str]) -> dict[
     return out
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
+def _save_partial(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (a kill mid-write leaves the previous checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int = 0) -> dict[str, Any]:
     """Train ``spec["model"]`` with ``spec["train"]`` on ``spec["task"]``, on one thread.
 
     The seed alone fixes the initial weights and the data order, whatever the variant.
@@ -67,6 +78,12 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     MQAR runs also the ``accuracy_curve`` (``[step, held-out accuracy]`` at every window's end,
     ``seconds`` including these evaluations); LM runs whose spec lists ``evals`` also what
     :func:`end_evals` returns.
+
+    With ``partial`` and ``every > 0`` the run saves its state there every ``every`` steps (model,
+    optimiser, data and global RNG, losses, MQAR accuracies, seconds so far) and, if the file
+    exists, resumes from it; a resumed run returns exactly what an uninterrupted one does
+    (``seconds`` sums the training time of every part). The caller removes the file once the
+    result is safely stored.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results independent of --workers (and no oversubscription)
@@ -84,19 +101,31 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             task = MQARConfig(**spec["mqar"])
             next_batch, loss_fn = (lambda: mqar_batch(task, cfg.batch_size, gen)), model_mqar_loss
         accuracy_curve: list[list[float]] = []
-        after_step: Callable[[int], None] | None = None
-        if spec["task"] == "mqar":  # held-out accuracy where each loss window ends (own RNG: run unchanged)
-            ends = set(_window_ends(cfg.steps, spec["curve_points"]))
-
-            def record_accuracy(n: int) -> None:
-                if n in ends:
-                    accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
-
-            after_step = record_accuracy
-
+        losses: list[float] = []
+        before = 0.0  # training seconds of the earlier parts of a resumed run
+        path = Path(partial) if partial is not None and every > 0 else None
+        if path is not None and path.exists():
+            state = torch.load(path, weights_only=True)
+            if state["spec"] != json.dumps(spec, sort_keys=True):
+                raise ValueError(f"partial: {str(path)!r} is a checkpoint of another run")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            losses, accuracy_curve, before = list(state["losses"]), [list(p) for p in state["accuracy_curve"]], state["seconds"]
+        ends = set(_window_ends(cfg.steps, spec["curve_points"]))
         start = time.perf_counter()
-        losses = fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step)
-        seconds = time.perf_counter() - start
+
+        def after_step(n: int) -> None:
+            if spec["task"] == "mqar" and n in ends:  # held-out accuracy where each loss window ends (own RNG)
+                accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
+            if path is not None and n % every == 0 and n < cfg.steps:
+                _save_partial(path, {"spec": json.dumps(spec, sort_keys=True), "model": model.state_dict(), "opt": opt.state_dict(),
+                                     "gen": gen.get_state(), "rng": torch.get_rng_state(), "losses": losses,
+                                     "accuracy_curve": accuracy_curve, "seconds": before + time.perf_counter() - start})
+
+        fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step, losses=losses)
+        seconds = before + time.perf_counter() - start
         if spec["task"] == "lm":
             metric: dict[str, Any] = {"val_loss": evaluate(model, val, cfg), **end_evals(model, val, spec["evals"]["names"] if "evals" in spec else ())}
         else:

@@ -84,15 +84,19 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, cf
 
 
 def fit(model, opt, cfg: TrainConfig, next_batch: Callable[[], Batch], loss_fn=lm_loss, desc: str | None = None,
-        after_step: Callable[[int], None] | None = None) -> list[float]:
+        after_step: Callable[[int], None] | None = None, losses: list[float] | None = None) -> list[float]:
     """``cfg.steps`` calls of :func:`train_step` on one batch ``next_batch()`` each; returns every
     step's loss.
 
     ``desc`` shows a progress bar with that label and the current loss. ``after_step(n)`` is called
-    after the ``n``-th step (1-based), e.g. to evaluate along training.
+    after the ``n``-th step (1-based), e.g. to evaluate along training. ``losses``, the losses of
+    steps already taken (a resumed run, its model, optimiser and data restored by the caller), makes
+    the loop start at step ``len(losses)``; each new step's loss is appended to that same list.
     """
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
+    losses = [] if losses is None else losses
+    if len(losses) > cfg.steps:
+        raise ValueError(f"losses: {len(losses)} steps already taken, more than steps={cfg.steps}")
+    bar = tqdm(range(len(losses), cfg.steps), desc=desc, leave=False, mininterval=1.0, disable=desc is None)
     for step in bar:
         losses.append(train_step(model, opt, step, cfg, [next_batch()], loss_fn).item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
