@@ -276,6 +276,9 @@ MUTANTS = [
            'per_layer(g, "mean_alpha", 0) - per_layer(g, "mean_alpha", 0)', LADDER_TESTS),
     Mutant("ladder: category Δ against the recorded overall mean", "recipes/experiments/ladder_report.py",
            '- grid_mean(g["mean_alpha"], g)', '- g["overall"]["mean_alpha"]', LADDER_TESTS),
+    Mutant("ladder: trend of the loss, not of the Δ", "recipes/experiments/ladder_report.py",
+           'rows.setdefault(f"{name} − baseline", {})[key] = row["delta"]',
+           'rows.setdefault(f"{name} − baseline", {})[key] = row["estimate"]', LADDER_TESTS),
     Mutant("ladder: variants in arrival order", "recipes/experiments/ladder_report.py",
            'cells = _by_variant(runs, list(summary["variants"]))', 'cells = _by_variant(runs)', LADDER_TESTS),
     # command-line tools: argparse's one-line errors (STYLE.md 15)

@@ -150,6 +150,16 @@ def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
     md = (tmp_path / "results.md").read_text()
     assert "Seeds planned: 5 per variant; not run yet: peri-ln." in md
     assert report["not_started"] == {}
+    trend = report["trend"]
+    assert list(trend["static − baseline"]) == ["10*", "40", "160"]  # published first, then by budget
+    assert trend["static − baseline"]["160"] == report["rungs"]["160"]["variants"]["static"]["delta"]
+    assert trend["static − baseline"]["10*"] == report["published"]["variants"]["static"]["delta"]
+    assert trend["satformer − static"]["40"] == report["rungs"]["40"]["contrasts"]["satformer - static"]
+    assert trend["baseline"]["40"] == report["rungs"]["40"]["variants"]["baseline"]["estimate"]
+    row = trend["satformer − baseline"]
+    assert ("| satformer − baseline | " + " | ".join(f"{row[k]['mean']:+.4f} ± {row[k]['half_width']:.4f}"
+                                                   for k in ("10*", "40", "160")) + " |") in md
+    assert "|  | 10 steps* | 40 steps | 160 steps |" in md
     monkeypatch.setitem(lr.PLANNED, 640, (("baseline", "static"), (0, 1, 2)))
     report = lr.write(tmp_path, pub, plots=False)
     assert report["not_started"] == {"640": {"variants": ["baseline", "static"], "seeds": [0, 1, 2]}}

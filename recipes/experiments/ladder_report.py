@@ -24,8 +24,8 @@ Per rung:
   gated layer's mean gate minus the first's (depth), and each category's mean gate minus the mean
   over all tokens (category sensitivity).
 
-Across rungs, the **trend**: each variant's paired Δ vs baseline and satformer − static (paired by
-seed) against the tokens seen (``steps × batch × seq_len``). The published study (250 steps) ran
+Across rungs, the **trend** (a table, :func:`trend`, and ``trend.png``): the baseline's val loss,
+each variant's paired Δ vs baseline and satformer − static (paired by seed) against the tokens seen (``steps × batch × seq_len``). The published study (250 steps) ran
 at its own learning rate, stated next to it; the rungs share the sweep's.
 """
 
@@ -216,7 +216,31 @@ def build(root: str | Path, published: str | Path | None = None) -> dict[str, An
             ref.update(tokens=t["steps"] * t["batch_size"] * t["seq_len"],
                        contrasts={f"{a} - {b}": contrast(cells, a, b) for a, b in CONTRASTS})
             out["published"] = ref
+    out["trend"] = trend(out)
     return out
+
+
+def trend(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The trend across budgets, by row (``baseline`` val loss, every ``X − baseline`` and the
+    :data:`CONTRASTS`), each ``{steps: estimate}`` over the rungs and, under the key
+    ``f"{steps}*"``, the published study's point at its own lr; rows that no rung has are left out."""
+    columns: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = [
+        (steps, rung["variants"], rung["contrasts"]) for steps, rung in report["rungs"].items()]
+    pub = report.get("published")
+    if pub is not None:
+        columns.insert(0, (f"{pub['budget']['steps']}*", pub["variants"], pub["contrasts"]))
+    rows: dict[str, dict[str, Any]] = {"baseline": {}}
+    for key, variants, contrasts in columns:
+        if "baseline" in variants:
+            rows["baseline"][key] = variants["baseline"]["estimate"]
+        for name, row in variants.items():
+            if name != "baseline" and row["delta"] is not None:
+                rows.setdefault(f"{name} − baseline", {})[key] = row["delta"]
+        for name, est in contrasts.items():
+            if est is not None:
+                rows.setdefault(name.replace(" - ", " − "), {})[key] = est
+    # the published study's other variants have no rung to compare with
+    return {name: row for name, row in rows.items() if any(not k.endswith("*") for k in row)}
 
 
 def _fmt(est: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
@@ -286,6 +310,16 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             lines += ["", "Mean gate by byte category (paired, minus the mean over all tokens): "
                       + ", ".join(f"{c} {_fmt(e)}" + ("" if g["class_delta"][c] is None else f" ({_fmt(g['class_delta'][c], signed=True)})")
                                   for c, e in g["per_class"].items()) + "."]
+    rows = report.get("trend", {})
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    if len(keys) > 1:
+        keys.sort(key=lambda k: int(k.rstrip("*")))
+        lines += ["", "### Across budgets", "",
+                  "The baseline's val loss and every paired Δ (nats) by budget; * the published study, at its own lr"
+                  + (f" ({pub['budget']['lr']:g})" if pub is not None else "") + ":", ""]
+        lines += _table(["", *(f"{k.rstrip('*')} steps" + ("*" if k.endswith("*") else "") for k in keys)],
+                        [[name, *(_fmt(row.get(k), 4, signed=name != "baseline") for k in keys)]
+                         for name, row in rows.items()])
     for steps, plan in report.get("not_started", {}).items():
         lines += ["", f"### {steps} steps: not run yet", "",
                   f"Planned: {', '.join(plan['variants'])} × {len(plan['seeds'])} seeds."]
