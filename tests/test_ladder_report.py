@@ -133,7 +133,8 @@ def _write(dir_: Path, runs: list[dict]) -> None:
 
 
 def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
-    monkeypatch.setattr(lr, "PLANNED", {40: (("baseline", "static", "satformer", "peri-ln"), (0, 1, 2, 3, 4))})
+    monkeypatch.setattr(lr, "PLANNED", {40: {**dict.fromkeys(("baseline", "static", "satformer"), (0, 1, 2, 3, 4)),
+                                             "peri-ln": (0, 1, 2)}})
     _write(tmp_path / "steps-40", _rung_runs(40))
     _write(tmp_path / "steps-160", [r for r in _rung_runs(160) if r["spec"]["seed"] < 2])
     sweep = [_run("baseline", s, 2.0 + s * 0.1) for s in range(2)]
@@ -148,7 +149,8 @@ def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
     assert report["sweep"]["rows"]["3e-3"]["values"] == [2.0, 2.1]
     assert report["published"]["tokens"] == 10 * 32 and "satformer - static" in report["published"]["contrasts"]
     md = (tmp_path / "results.md").read_text()
-    assert "Seeds planned: 5 per variant; not run yet: peri-ln." in md
+    assert "Runs finished: 9 of 18 planned; not run yet: peri-ln." in md
+    assert "Runs finished: 6 (2 seeds per variant)." in md  # a rung no preset plans
     assert report["not_started"] == {}
     trend = report["trend"]
     assert list(trend["static − baseline"]) == ["10*", "40", "160"]  # published first, then by budget
@@ -160,10 +162,11 @@ def test_report_tables_plots_and_partial_rungs(tmp_path, monkeypatch):
     assert ("| satformer − baseline | " + " | ".join(f"{row[k]['mean']:+.4f} ± {row[k]['half_width']:.4f}"
                                                    for k in ("10*", "40", "160")) + " |") in md
     assert "|  | 10 steps* | 40 steps | 160 steps |" in md
-    monkeypatch.setitem(lr.PLANNED, 640, (("baseline", "static"), (0, 1, 2)))
+    monkeypatch.setitem(lr.PLANNED, 640, dict.fromkeys(("baseline", "static"), (0, 1, 2)))
     report = lr.write(tmp_path, pub, plots=False)
-    assert report["not_started"] == {"640": {"variants": ["baseline", "static"], "seeds": [0, 1, 2]}}
-    assert "### 640 steps: not run yet\n\nPlanned: baseline, static × 3 seeds." in (tmp_path / "results.md").read_text()
+    assert report["not_started"] == {"640": {"variants": ["baseline", "static"], "runs": 6,
+                                             "seeds": {"baseline": [0, 1, 2], "static": [0, 1, 2]}}}
+    assert "### 640 steps: not run yet\n\nPlanned: 6 runs (baseline × 3, static × 3 seeds)." in (tmp_path / "results.md").read_text()
     assert "| 0.003 | 2 | 2.0000, 2.1000 |" in md
     delta = report["rungs"]["40"]["variants"]["static"]["delta"]
     assert f"{delta['mean']:+.4f} ± {delta['half_width']:.4f}" in md

@@ -37,16 +37,22 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recipes.eval.analyze import TOKEN_CLASSES
-from recipes.experiments.study_config import LADDER_LR, LADDER_RUNGS, LADDER_FORMS, SWEEP_LRS
+from recipes.experiments.study_config import LADDER_FORMS, LADDER_FORMS_SEEDS, LADDER_LR, LADDER_RUNGS, LADDER_STEPS, SWEEP_LRS
 from recipes.experiments.study_report import load_runs, mean_ci, paired_delta, summarize
 
 #: The differences the trend follows (minuend, subtrahend), beyond every variant − baseline.
 CONTRASTS: tuple[tuple[str, str], ...] = (("satformer", "static"),)
-#: Budgets of the rungs a report expects, with their planned variants and seeds (for "n of planned").
-PLANNED: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    1000: (tuple(dict.fromkeys(LADDER_RUNGS[1000][0] + LADDER_FORMS)), LADDER_RUNGS[1000][1]),
-    **{steps: rung for steps, rung in LADDER_RUNGS.items() if steps != 1000},
-}
+#: Budgets of the rungs a report expects, with each planned variant's seeds (for "n of planned"):
+#: the ``ladder-N`` presets' and, at the first rung, ``ladder-1000-forms``'.
+PLANNED: dict[int, dict[str, tuple[int, ...]]] = {
+    steps: {name: seeds for name in variants} for steps, (variants, seeds) in LADDER_RUNGS.items()}
+for _name in LADDER_FORMS:
+    PLANNED[LADDER_STEPS[0]].setdefault(_name, LADDER_FORMS_SEEDS)
+
+
+def _plan(variants: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    return {"variants": list(variants), "seeds": {n: list(s) for n, s in variants.items()},
+            "runs": sum(len(s) for s in variants.values())}
 
 
 def _est(values: Sequence[float]) -> dict[str, Any] | None:
@@ -202,10 +208,9 @@ def build(root: str | Path, published: str | Path | None = None) -> dict[str, An
             steps = int(directory.name.split("-")[1])
             report = rung_report(runs)
             if steps in PLANNED:
-                report["planned"] = {"variants": list(PLANNED[steps][0]), "seeds": list(PLANNED[steps][1])}
+                report["planned"] = _plan(PLANNED[steps])
             rungs[str(steps)] = report
-    not_started = {str(steps): {"variants": list(v), "seeds": list(s)} for steps, (v, s) in sorted(PLANNED.items())
-                   if str(steps) not in rungs}
+    not_started = {str(steps): _plan(plan) for steps, plan in sorted(PLANNED.items()) if str(steps) not in rungs}
     out: dict[str, Any] = {"sweep": sweep_report(root), "rungs": rungs, "not_started": not_started}
     if published is not None:
         lm = [r for r in load_runs(Path(published) / "runs.jsonl") if r["spec"]["task"] == "lm"]
@@ -266,11 +271,14 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     pub = report.get("published")
     for steps, rung in report["rungs"].items():
         b, rows = rung["budget"], rung["variants"]
-        planned = rung.get("planned", {"variants": list(rows), "seeds": []})
+        planned = rung.get("planned") or _plan({n: r["seeds"] for n, r in rows.items()})
         lines += ["", f"### {steps} steps ({rung['tokens'] / 1e6:.2f}M tokens), lr {b['lr']:g}", ""]
         missing = [v for v in planned["variants"] if v not in rows]
+        finished = sum(len(set(rows[n]["seeds"]) & set(s)) for n, s in planned["seeds"].items() if n in rows)
+        counts = {len(s) for s in planned["seeds"].values()}
         lines.append(f"{b['n_layers']} layers × d_model {b['d_model']}; {b['steps']} steps × {b['batch_size']}×{b['seq_len']} "
-                     f"tokens. Seeds planned: {len(planned['seeds'])} per variant"
+                     f"tokens. Runs finished: {finished}" + (f" of {planned['runs']} planned" if "planned" in rung else "")
+                     + (f" ({counts.pop()} seeds per variant)" if len(counts) == 1 else "")
                      + (f"; not run yet: {', '.join(missing)}" if missing else "") + ".")
         drop = rung["baseline_last_quarter_drop"]
         lines += ["", f"The baseline's training loss fell by {_fmt(drop)} nats over the last quarter of the run "
@@ -322,7 +330,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
                          for name, row in rows.items()])
     for steps, plan in report.get("not_started", {}).items():
         lines += ["", f"### {steps} steps: not run yet", "",
-                  f"Planned: {', '.join(plan['variants'])} × {len(plan['seeds'])} seeds."]
+                  f"Planned: {plan['runs']} runs ({', '.join(f'{n} × {len(s)}' for n, s in plan['seeds'].items())} seeds)."]
     if pub is not None:
         lines += ["", f"Reference: the published study's 250 steps ({pub['tokens'] / 1e6:.2f}M tokens) ran at lr "
                       f"{pub['budget']['lr']:g}, so its Δs enter the trend plot as hollow markers, not as a rung."]

@@ -271,6 +271,8 @@ LADDER_RUNGS: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
 }
 #: The forms issue's strategies at the first rung, 3 seeds (their baseline runs are the 1000-step rung's).
 LADDER_FORMS: tuple[str, ...] = ("baseline", "lerp", "value_embed", "mhc", "attnres", "attnres-block", "shortcut")
+#: The seeds of the forms at 1000 steps (priority (c) of the evidence issue).
+LADDER_FORMS_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
 def sweep_winner(runs: Sequence[Mapping[str, Any]]) -> float:
@@ -292,7 +294,7 @@ def ladder_preset(steps: int, forms: bool = False) -> StudyConfig:
     if LADDER_LR is None:
         raise ValueError("the ladder's learning rate is the sweep's winner: run the sweep-lr* presets first "
                          "and set study_config.LADDER_LR")
-    variants, seeds = (LADDER_FORMS, (0, 1, 2)) if forms else LADDER_RUNGS[steps]
+    variants, seeds = (LADDER_FORMS, LADDER_FORMS_SEEDS) if forms else LADDER_RUNGS[steps]
     return StudyConfig(variants=_variants(*variants), seeds=seeds, shape=Shape(128, 8, 4, 2),
                        lm=Task(ladder_train(steps, LADDER_LR), evals=LADDER_EVALS))
 
