@@ -297,3 +297,11 @@ def test_ladder_gate_claims(ladder):
     assert round(relu["frac_zero"]["mean"], 2) == 0.49 and round(bias["frac_zero"]["mean"], 2) == 0.09
     ranges = [r["mean"] for g in (relu, bias) for r in g["head_range"]]
     assert 0.15 <= round(min(ranges), 2) and round(max(ranges), 2) <= 0.75
+
+
+def test_ladder_forms_claims(ladder):
+    rung = ladder["rungs"]["1000"]
+    forms = {n: r["seeds"] for n, r in rung["variants"].items()
+             if n not in ("baseline", "static", "satformer", "satformer-bias", "layernorm-scaling", "peri-ln")}
+    assert forms == {"lerp": [0], "value_embed": [0]}  # more seeds or forms: rewrite the bullet
+    assert [round(_seed_delta(rung, n, 0), 3) for n in ("lerp", "value_embed")] == [-0.017, -0.008]
