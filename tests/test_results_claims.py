@@ -21,7 +21,8 @@ def study() -> dict:
 
 
 def _excludes_zero(delta: dict) -> bool:
-    return abs(delta["mean"]) > delta["half_width"]
+    """The interval excludes 0 (a single seed has no interval, so it cannot)."""
+    return delta["half_width"] is not None and abs(delta["mean"]) > delta["half_width"]
 
 
 def _solved(row: dict) -> int:
