@@ -169,10 +169,6 @@ def ladder() -> dict:
     return json.loads(LADDER.read_text())
 
 
-def _upper(delta: dict) -> float:
-    return delta["mean"] + delta["half_width"]
-
-
 def test_ladder_state_claims(ladder):
     """"The 1000-step rung is complete; the 4000-step rung and the newer forms are still running"."""
     rung = ladder["rungs"]["1000"]

@@ -104,9 +104,10 @@ def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int 
         losses: list[float] = []
         before = 0.0  # training seconds of the earlier parts of a resumed run
         path = Path(partial) if partial is not None and every > 0 else None
+        spec_json = json.dumps(spec, sort_keys=True)  # identifies the run a checkpoint belongs to
         if path is not None and path.exists():
             state = torch.load(path, weights_only=True)
-            if state["spec"] != json.dumps(spec, sort_keys=True):
+            if state["spec"] != spec_json:
                 raise ValueError(f"partial: {str(path)!r} is a checkpoint of another run")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
@@ -120,7 +121,7 @@ def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int 
             if spec["task"] == "mqar" and n in ends:  # held-out accuracy where each loss window ends (own RNG)
                 accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
             if path is not None and n % every == 0 and n < cfg.steps:
-                _save_partial(path, {"spec": json.dumps(spec, sort_keys=True), "model": model.state_dict(), "opt": opt.state_dict(),
+                _save_partial(path, {"spec": spec_json, "model": model.state_dict(), "opt": opt.state_dict(),
                                      "gen": gen.get_state(), "rng": torch.get_rng_state(), "losses": losses,
                                      "accuracy_curve": accuracy_curve, "seconds": before + time.perf_counter() - start})
 
