@@ -245,14 +245,14 @@ MUTANTS = [
            "        if prepare is not None:\n            prepare()\n        runner.step()", BENCH_TESTS),
     # a study run's mid-run checkpoint: resume exactly where it stopped
     Mutant("study: resume without the data generator's state", "recipes/experiments/study_run.py",
-           '            gen.set_state(state["gen"])\n', "", STUDY_TESTS),
+           '            _set_generator_state(gen, state["gen"])\n', "", STUDY_TESTS),
     Mutant("study: resume without the optimiser's state", "recipes/experiments/study_run.py",
-           '            opt.load_state_dict(state["opt"])\n', "", STUDY_TESTS),
+           "state = load_checkpoint(last, model, opt)", "state = load_checkpoint(last, model)", STUDY_TESTS),
     Mutant("study: checkpoint saved one step early", "recipes/experiments/study_run.py",
            "if path is not None and n % every == 0 and n < cfg.steps:",
            "if path is not None and (n + 1) % every == 0 and n < cfg.steps:", STUDY_TESTS),
     Mutant("study: finished run's checkpoint kept", "recipes/experiments/study.py",
-           '            partial_path(out, result["spec"]).unlink(missing_ok=True)\n', "", STUDY_TESTS),
+           '            shutil.rmtree(partial_path(out, result["spec"]), ignore_errors=True)\n', "", STUDY_TESTS),
     Mutant("train: resumed loop restarts at step 0", "recipes/train/loop.py",
            "bar = tqdm(range(len(losses), cfg.steps)", "bar = tqdm(range(0, cfg.steps - len(losses))", TRAIN_TESTS),
     # the budget ladder's evidence report

@@ -23,6 +23,7 @@ from recipes.eval.mqar import MQARConfig, train_mqar
 from recipes.experiments.demo import RunResult, format_table, noise_note, study_noise, train_one
 import recipes.train.loop as loop
 from recipes.train.loop import TrainConfig
+from recipes.train.checkpoint import checkpoint_dirs, verify_checkpoint
 
 TRAIN = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
 
@@ -113,17 +114,18 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_identically(tmp_path, m
                   mqar=Task(replace(TRAIN, steps=7), mqar))
     spec = next(s for s in study.plan(cfg) if s["task"] == task and s["variant"]["name"] == "satformer")
     straight = study.run_one(spec)
-    path = tmp_path / "partial.pt"
+    path = tmp_path / "partial"
     _stop_after(monkeypatch, 5)
     with pytest.raises(Interrupt):
         study.run_one(spec, path, 2)
-    assert path.exists() and len(torch.load(path, weights_only=True)["losses"]) == 4  # saved at steps 2 and 4
+    saved = checkpoint_dirs(path)  # saved at steps 2 and 4, the newest kept
+    assert [p.name for p in saved] == ["step_00000004"] and len(verify_checkpoint(saved[0])["losses"]) == 4
     taken = _stop_after(monkeypatch, 100)
     resumed = study.run_one(spec, path, 2)
     assert taken[0] == 3  # steps 5-7 only: it resumed, it did not start over
     assert _without_time(resumed) == _without_time(straight)
     other = dict(spec, seed=2, train={**spec["train"], "seed": 2})
-    with pytest.raises(ValueError, match="partial: .* is a checkpoint of another run"):
+    with pytest.raises(ValueError, match="partial: .* holds a checkpoint of another run"):
         study.run_one(other, path, 2)
 
 
@@ -137,7 +139,7 @@ def test_study_checkpoints_runs_in_progress_and_cleans_up(tmp_path, monkeypatch)
     first, second = study.plan(cfg)
     assert len(load_runs(out / "runs.jsonl")) == 1
     assert not study.partial_path(out, first).exists() and study.partial_path(out, second).exists()
-    study.partial_path(out, first).write_bytes(b"stale")  # a run stored just before a kill
+    (study.partial_path(out, first) / "step_00000003").mkdir(parents=True)  # a run stored just before a kill
     taken = _stop_after(monkeypatch, 100)
     resumed = study.run_study(cfg, out, progress=False, checkpoint_every=3)
     assert taken[0] == 3 and _results(resumed) == _results(fresh)

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -111,8 +112,8 @@ def run_one(spec: dict[str, Any], partial: str | Path | None = None, every: int 
 
 
 def partial_path(out: str | Path, spec: dict[str, Any]) -> Path:
-    """Where the unfinished run ``spec`` of the study in ``out`` keeps its checkpoint."""
-    return Path(out) / "partial" / f"{spec_key(spec)}.pt"
+    """The directory where the unfinished run ``spec`` of the study in ``out`` keeps its checkpoint."""
+    return Path(out) / "partial" / spec_key(spec)
 
 
 def _execute(specs: list[dict[str, Any]], workers: int, out: Path, every: int) -> Iterator[dict[str, Any]]:
@@ -145,7 +146,7 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
               checkpoint_every: int = CHECKPOINT_EVERY) -> list[dict[str, Any]]:
     """Run the study's unfinished runs (``workers`` processes); return all of its finished runs.
 
-    Each unfinished run checkpoints to ``out/partial/KEY.pt`` every ``checkpoint_every`` steps
+    Each unfinished run checkpoints to ``out/partial/KEY/`` every ``checkpoint_every`` steps
     (0: never) and resumes from there, so an interrupted study loses at most that many steps per
     run in progress; the file goes once the run's line is on disk."""
     if workers < 1:
@@ -161,14 +162,14 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
     todo = [spec for spec in specs if spec_key(spec) not in done]
     for spec in specs:  # a run stored just before the process died may have left its checkpoint
         if spec_key(spec) in done:
-            partial_path(out, spec).unlink(missing_ok=True)
+            shutil.rmtree(partial_path(out, spec), ignore_errors=True)
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", disable=not progress, unit="run")
     with open(path, "a") as f:
         for result in _execute(todo, workers, out, checkpoint_every):
             f.write(json.dumps(result) + "\n")
             f.flush()
             os.fsync(f.fileno())
-            partial_path(out, result["spec"]).unlink(missing_ok=True)
+            shutil.rmtree(partial_path(out, result["spec"]), ignore_errors=True)
             bar.update()
             bar.set_postfix_str(f"{result['spec']['variant']['name']} seed {result['spec']['seed']}", refresh=False)
     bar.close()

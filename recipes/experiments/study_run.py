@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +18,7 @@ from recipes.eval.mqar import MQARConfig, evaluate_mqar, model_mqar_loss, mqar_b
 from recipes.eval.probe import lexical_probe
 from recipes.experiments.demo import evaluate
 from recipes.lm.model import CausalLM
+from recipes.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from recipes.train.loop import TrainConfig, fit
 from recipes.train.loss import lm_loss
 from recipes.train.optim import make_optimizer
@@ -61,12 +61,13 @@ def end_evals(model: CausalLM, val: torch.Tensor, evals: Sequence[str]) -> dict[
     return out
 
 
-def _save_partial(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a kill mid-write leaves the previous checkpoint)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _generator_state(gen: torch.Generator) -> str:
+    """The data generator's state as hex text (it goes into the checkpoint's ``state.json``)."""
+    return bytes(gen.get_state().tolist()).hex()
+
+
+def _set_generator_state(gen: torch.Generator, state: str) -> None:
+    gen.set_state(torch.tensor(list(bytes.fromhex(state)), dtype=torch.uint8))
 
 
 def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int = 0) -> dict[str, Any]:
@@ -79,11 +80,12 @@ def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int 
     ``seconds`` including these evaluations); LM runs whose spec lists ``evals`` also what
     :func:`end_evals` returns.
 
-    With ``partial`` and ``every > 0`` the run saves its state there every ``every`` steps (model,
-    optimiser, data and global RNG, losses, MQAR accuracies, seconds so far) and, if the file
-    exists, resumes from it; a resumed run returns exactly what an uninterrupted one does
-    (``seconds`` sums the training time of every part). The caller removes the file once the
-    result is safely stored.
+    With ``partial`` (a directory) and ``every > 0`` the run saves a training checkpoint there every
+    ``every`` steps (:func:`recipes.train.checkpoint.save_checkpoint`: model, optimiser and global
+    RNG, checksummed; ``state.json`` also holds the spec, the data generator's state, the losses,
+    the MQAR accuracies and the seconds so far; the newest one is kept) and, if one exists, resumes
+    from it; a resumed run returns exactly what an uninterrupted one does (``seconds`` sums the
+    training time of every part). The caller removes the directory once the result is safely stored.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results independent of --workers (and no oversubscription)
@@ -105,14 +107,12 @@ def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int 
         before = 0.0  # training seconds of the earlier parts of a resumed run
         path = Path(partial) if partial is not None and every > 0 else None
         spec_json = json.dumps(spec, sort_keys=True)  # identifies the run a checkpoint belongs to
-        if path is not None and path.exists():
-            state = torch.load(path, weights_only=True)
-            if state["spec"] != spec_json:
-                raise ValueError(f"partial: {str(path)!r} is a checkpoint of another run")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["rng"])
+        last = latest_checkpoint(path) if path is not None and path.is_dir() else None
+        if last is not None:
+            if json.loads((last / STATE_FILE).read_text()).get("spec") != spec_json:
+                raise ValueError(f"partial: {str(path)!r} holds a checkpoint of another run")
+            state = load_checkpoint(last, model, opt)  # checksums verified; global RNG restored
+            _set_generator_state(gen, state["gen"])
             losses, accuracy_curve, before = list(state["losses"]), [list(p) for p in state["accuracy_curve"]], state["seconds"]
         ends = set(_window_ends(cfg.steps, spec["curve_points"]))
         start = time.perf_counter()
@@ -121,9 +121,9 @@ def execute(spec: dict[str, Any], partial: str | Path | None = None, every: int 
             if spec["task"] == "mqar" and n in ends:  # held-out accuracy where each loss window ends (own RNG)
                 accuracy_curve.append([n, evaluate_mqar(model, task, batches=cfg.eval_batches)])
             if path is not None and n % every == 0 and n < cfg.steps:
-                _save_partial(path, {"spec": spec_json, "model": model.state_dict(), "opt": opt.state_dict(),
-                                     "gen": gen.get_state(), "rng": torch.get_rng_state(), "losses": losses,
-                                     "accuracy_curve": accuracy_curve, "seconds": before + time.perf_counter() - start})
+                save_checkpoint(path, n, model, opt, keep=1, model_config=spec["model"], state={
+                    "spec": spec_json, "gen": _generator_state(gen), "losses": losses,
+                    "accuracy_curve": accuracy_curve, "seconds": before + time.perf_counter() - start})
 
         fit(model, opt, cfg, next_batch, loss_fn, after_step=after_step, losses=losses)
         seconds = before + time.perf_counter() - start
