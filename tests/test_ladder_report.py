@@ -215,3 +215,29 @@ def test_a_real_tiny_rung_end_to_end(tmp_path, monkeypatch):
     assert report["probe"]["depths"] == list(range(4)) and set(report["gates"]) == {"satformer"}
     assert report["gates"]["satformer"]["layers"] == [1, 2]
     assert {"val", "prose"} <= set(report["domains"]["variants"]["static"])
+
+
+def test_trend_plot_draws_the_trend_table(tmp_path, monkeypatch):
+    """trend.png's points are the trend table's rows: every rung's Δ filled, the published one hollow."""
+    import matplotlib.axes
+
+    _write(tmp_path / "steps-40", _rung_runs(40))
+    _write(tmp_path / "steps-160", [r for r in _rung_runs(160) if r["spec"]["seed"] < 2])
+    pub = tmp_path / "published"
+    _write(pub, [replace_steps(r, 10) for r in _rung_runs(10)])
+    drawn: dict[tuple[str | None, bool], list[list[float]]] = {}
+    real = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, x, y, *args, **kwargs):
+        drawn.setdefault((kwargs.get("label"), kwargs.get("mfc") == "none"), []).append(list(y))
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    report = lr.write(tmp_path, pub)
+    trend = {label: row for label, row in report["trend"].items() if label != "baseline"}
+    filled = {label: ys for (label, hollow), ys in drawn.items() if not hollow and " − " in (label or "")}  # not the probe's
+    assert set(filled) == set(trend)
+    for label, row in trend.items():  # both panels, the rungs by budget
+        assert filled[label] == [[row[k]["mean"] for k in ("40", "160")]] * 2
+    hollow = sorted(y for (_, is_hollow), ys in drawn.items() if is_hollow for (y,) in ys)
+    assert hollow == sorted(row["10*"]["mean"] for row in trend.values() if "10*" in row) and hollow

@@ -347,32 +347,25 @@ def plot(report: Mapping[str, Any], out: Path) -> list[Path]:
 
     paths = []
     rungs = report["rungs"]
-    series: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
-    for rung in rungs.values():
-        for name, row in rung["variants"].items():
-            if row["delta"] is not None:
-                series.setdefault(f"{name} − baseline", []).append((rung["tokens"], row["delta"]))
-        for name, est in rung["contrasts"].items():
-            if est is not None:
-                series.setdefault(name.replace(" - ", " − "), []).append((rung["tokens"], est))
+    pub = report.get("published")
+    pub_key = None if pub is None else f"{pub['budget']['steps']}*"
+    # the differences as the trend table has them (one owner of the across-budget data)
+    series = {label: row for label, row in report["trend"].items() if label != "baseline"}
     if series:
         # left: the rungs with the published study's points; right: the rungs alone, zoomed (their
         # Δs are an order of magnitude smaller than the published ones and vanish at one scale)
         fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
-        pub = report.get("published")
-        for i, (label, points) in enumerate(sorted(series.items())):
+        for i, (label, row) in enumerate(sorted(series.items())):
             color = f"C{i % 10}"
+            points = [(rungs[k]["tokens"], est) for k, est in row.items() if k != pub_key]
             xs = [p[0] * (1 + 0.03 * i) for p in points]  # a small offset keeps the bars apart
             for ax in (ax_all, ax_zoom):
                 ax.errorbar(xs, [p[1]["mean"] for p in points], yerr=[p[1]["half_width"] or 0 for p in points],
                             marker="o", capsize=3, color=color, label=label)
-            if pub is not None:
-                name = label.split(" − ")
-                ref = (pub["variants"].get(name[0], {}).get("delta") if name[1] == "baseline"
-                       else pub["contrasts"].get(f"{name[0]} - {name[1]}"))
-                if ref is not None:
-                    ax_all.errorbar([pub["tokens"] * (1 + 0.03 * i)], [ref["mean"]], yerr=[ref["half_width"] or 0],
-                                    marker="o", mfc="none", capsize=3, color=color, linestyle="none")
+            ref = row.get(pub_key) if pub is not None else None
+            if ref is not None:
+                ax_all.errorbar([pub["tokens"] * (1 + 0.03 * i)], [ref["mean"]], yerr=[ref["half_width"] or 0],
+                                marker="o", mfc="none", capsize=3, color=color, linestyle="none")
         for ax in (ax_all, ax_zoom):
             ax.axhline(0, color="k", lw=0.8)
             ax.set_xscale("log")
