@@ -279,7 +279,7 @@ MUTANTS = [
     Mutant("ladder: trend of the loss, not of the Δ", "recipes/experiments/ladder_report.py",
            'rows.setdefault(f"{name} − baseline", {})[key] = row["delta"]',
            'rows.setdefault(f"{name} − baseline", {})[key] = row["estimate"]', LADDER_TESTS),
-    Mutant("ladder: trend plot's hollow point from the last rung", "recipes/experiments/ladder_report.py",
+    Mutant("ladder: trend plot's hollow point from the last rung", "recipes/experiments/ladder_render.py",
            "ref = row.get(pub_key) if pub is not None else None",
            "ref = list(row.values())[-1] if pub is not None else None", LADDER_TESTS),
     Mutant("ladder: variants in arrival order", "recipes/experiments/ladder_report.py",
