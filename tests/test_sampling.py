@@ -2,10 +2,13 @@
 top_k = 1 is greedy. (Greedy == argmax of the full forward is pinned in test_model.py, padded
 prompts continuing as alone in test_padding.py.)"""
 
+import functools
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recipes.lm.generate import generate, sample
 from test_model import model_for, tiny, tokens
@@ -54,3 +57,32 @@ def test_generate_with_top_1_continues_like_greedy():
     prompt = tokens(3, 4)
     greedy = generate(model, prompt, 8)
     assert torch.equal(generate(model, prompt, 8, temperature=2.0, top_k=1, generator=torch.Generator()), greedy)
+
+
+@settings(max_examples=25, deadline=None)
+@given(arg=st.sampled_from(["max_new_tokens", "temperature", "top_k"]),
+       value=st.one_of(st.integers(-5, -1), st.just(0.0), st.just(1.5), st.just(math.nan), st.just(math.inf),
+                       st.just(-math.inf), st.just(True), st.just("2")))
+def test_generate_refuses_a_bad_argument_by_name(arg, value):
+    allowed = {"max_new_tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+               "temperature": lambda v: not isinstance(v, (bool, str)) and 0 <= v < math.inf,
+               "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1}
+    if allowed[arg](value):
+        return  # a legal value: covered by the sampling tests above
+    model = _tiny_model()
+    kwargs = {"max_new_tokens": 2, arg: value}
+    with pytest.raises(ValueError, match=arg):
+        generate(model, tokens(1, 3), **kwargs)
+
+
+def test_generate_refuses_to_run_past_max_seq_len():
+    model = _tiny_model()
+    room = model.cfg.max_seq_len - 3
+    assert generate(model, tokens(1, 3), 0).shape == (1, 3)
+    with pytest.raises(ValueError, match=rf"max_new_tokens.*max_seq_len \({model.cfg.max_seq_len}\)"):
+        generate(model, tokens(1, 3), room + 1)
+
+
+@functools.cache
+def _tiny_model():
+    return model_for(tiny("satformer"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from recipes.lm.checks import check_attention_mask, check_tokens
@@ -28,14 +30,17 @@ def generate(
     check_tokens(prompt, model.cfg.vocab_size)
     if attention_mask is not None:
         check_attention_mask(attention_mask, prompt)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
     batch, prompt_len = prompt.shape
     total = prompt_len + max_new_tokens
+    if total > model.cfg.max_seq_len:
+        raise ValueError(f"max_new_tokens: the prompt's {prompt_len} tokens + max_new_tokens={max_new_tokens} "
+                         f"exceed the model's max_seq_len ({model.cfg.max_seq_len})")
     dtype = next(model.parameters()).dtype
     cache = KVCache.allocate(model.cfg, batch, total, prompt.device, dtype)
     tokens = prompt
