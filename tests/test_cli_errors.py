@@ -276,6 +276,7 @@ CUDA = torch.cuda.is_available()
     ("pretrain", ["--steps", "5", "--warmup", "5"], "--warmup", ("must be in [0, steps) = [0, 5), got 5",)),
     ("pretrain", ["--steps", "5", "--stop-after", "6"], "--stop-after", ("got 6",)),
     ("pretrain", ["--resume"], "--resume", ("needs ckpt_dir",)),
+    ("pretrain", ["--min-lr-ratio", "1.5"], "--min-lr-ratio", ("must be in [0, 1]", "got 1.5")),
     ("pretrain", ["--resume", "--no-resume", "--resume"], "--resume needs", ()),
     ("pretrain", ["--set", "d_model=63"], "--set:", ("d_model (63) must be divisible by n_heads",)),
     ("pretrain", ["--set", "strategy=dense"], "--set:", ("--strategy, not --set",)),

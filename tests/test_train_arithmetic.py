@@ -323,3 +323,34 @@ if __name__ == "__main__":  # torchrun worker: OUT_DIR then pretrain arguments; 
     pretrain.main(argv)
     save_file({str(i): g for i, g in enumerate(store[0])}, str(out_dir / f"grads_rank{dist.get_rank()}.safetensors"))
     dist.destroy_process_group()
+
+
+# --- the recipe's own checks: a value the arithmetic above has no meaning for is refused by name ---
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", 0.0), ("lr", -1e-3), ("lr", float("inf")), ("lr", float("nan")),
+    ("min_lr_ratio", -0.1), ("min_lr_ratio", 1.5), ("min_lr_ratio", float("nan")),
+    ("weight_decay", -0.1), ("weight_decay", float("inf")), ("weight_decay", float("nan")),
+    ("grad_clip", 0.0), ("grad_clip", -1.0), ("grad_clip", float("nan")),
+])
+def test_optim_config_refuses_values_the_schedule_cannot_mean(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        OptimConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_an_infinite_clip_leaves_the_gradients_alone():
+    """``grad_clip = inf`` is the documented "no clipping": the step equals one with a huge clip."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 3).double()
+    batches = [(torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64))]
+    steps = {}
+    for clip in (float("inf"), 1e30):
+        model = copy.deepcopy(base)
+        opt = make_optimizer(model, OptimConfig(lr=0.1, warmup=0, grad_clip=clip))
+        train_step(model, opt, 0, OptimConfig(lr=0.1, warmup=0, grad_clip=clip), batches,
+                   _square_loss)
+        steps[clip] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(steps[float("inf")], steps[1e30]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -39,8 +39,16 @@ class OptimConfig:
     def __post_init__(self) -> None:
         check_min(self, 1, "steps")
         check_choice(self, "decay", DECAY_RULES)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] (the cosine's floor as a fraction of lr), "
+                             f"got {self.min_lr_ratio}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        # inf is allowed: clip_grad_norm_ with an infinite bound leaves the gradients as they are
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (inf: no clipping), got {self.grad_clip}")
         if not 0 <= self.warmup < self.steps:
             raise ValueError(f"warmup must be in [0, steps) = [0, {self.steps}), got {self.warmup}")
 
