@@ -62,6 +62,10 @@ TOOLS = {
 }
 
 
+#: The real shard writer, for the one test that needs --out to fail when written to.
+_REAL_WRITE_SHARDS = shards.write_shards
+
+
 @pytest.fixture(autouse=True)
 def _no_work(monkeypatch):
     for _, stubs, _ in TOOLS.values():
@@ -353,3 +357,26 @@ def test_pretrain_steps_zero_end_to_end():
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.rstrip("\n").split("\n")[-1].endswith(
         "error: argument --steps: must be an integer >= 1, got 0"), proc.stderr
+
+
+def test_shards_refuses_undecodable_text_and_an_unusable_out(capsys, tmp_path):
+    """Checked before any shard is written: nothing partial is left behind."""
+    bad, good, a_file = tmp_path / "latin1.txt", tmp_path / "good.txt", tmp_path / "taken"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    good.write_text("ok\n")
+    a_file.write_text("")
+    out = tmp_path / "out"
+    assert_names(error_line(capsys, "shards", [str(good), str(bad), "--out", str(out)]), "argument files:",
+                 "not UTF-8 text", repr(str(bad)))
+    assert not out.exists()
+    assert_names(error_line(capsys, "shards", [str(good), "--out", str(a_file)]), "--out",
+                 "is not a directory")
+
+
+def test_shards_out_that_cannot_be_created(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "write_shards", _REAL_WRITE_SHARDS)
+    (tmp_path / "file").write_text("")
+    good = tmp_path / "good.txt"
+    good.write_text("ok\n")
+    assert_names(error_line(capsys, "shards", [str(good), "--out", str(tmp_path / "file" / "sub")]), "--out",
+                 "cannot write shards", "Not a directory")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import codecs
 import glob
 import os
 from pathlib import Path
@@ -191,6 +192,19 @@ def write_shards(docs: Iterable[Sequence[int]], out_dir: str | os.PathLike, shar
     return paths
 
 
+def _is_utf8(path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether ``path`` decodes as UTF-8, read in chunks (a shard's source may be large)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Tokenize text files into uint16 .bin shards (one document per file).")
     p.add_argument("files", nargs="+", help="UTF-8 text files")
@@ -210,13 +224,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         parser.error(f"argument files: not found: {', '.join(map(repr, missing))}")
+    undecodable = [f for f in args.files if not _is_utf8(Path(f))]
+    if undecodable:  # checked before any shard is written, so a bad file leaves no partial output
+        parser.error(f"argument files: not UTF-8 text: {', '.join(map(repr, undecodable))}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out: {args.out!r} exists and is not a directory")
     with user_errors(parser, flag="--tokenizer"):  # not 'byte' nor a file
         tok = load_tokenizer(args.tokenizer)
     if tok.vocab_size > 2**16:
         parser.error(f"--tokenizer: uint16 shards need vocab_size <= 65536, the tokenizer has {tok.vocab_size}")
     eos = getattr(tok, "eos_id", None)
     docs = (([eos] if eos is not None else []) + tok.encode(Path(f).read_text(encoding="utf-8")) for f in args.files)
-    paths = write_shards(docs, args.out, args.shard_tokens, args.prefix, args.format)
+    try:
+        paths = write_shards(docs, args.out, args.shard_tokens, args.prefix, args.format)
+    except OSError as err:  # an --out that cannot be created or written (a full disk included)
+        parser.error(f"--out: cannot write shards to {args.out!r}: {err.strerror or err}")
     print(f"wrote {len(paths)} shard(s) to {args.out}")
     return paths
 
