@@ -293,6 +293,12 @@ MUTANTS = [
     Mutant("ladder: variants in arrival order", "recipes/experiments/ladder_report.py",
            'cells = _by_variant(runs, list(summary["variants"]))', 'cells = _by_variant(runs)', LADDER_TESTS),
     # command-line tools: argparse's one-line errors (STYLE.md 15)
+    Mutant("cli: pretrain's output paths unchecked", "recipes/train/pretrain_config.py",
+           '        if getattr(cfg, name) is not None:\n            with user_errors(parser, flag=flags[name]):\n                check_writable',
+           '        if False:\n            with user_errors(parser, flag=flags[name]):\n                check_writable', CLI_TESTS),
+    Mutant("cli: a file where a directory is asked for passes", "recipes/lm/cli.py",
+           'is_kind = os.path.isdir(target) if kind == "directory" else os.path.isfile(target)',
+           'is_kind = os.path.exists(target)', CLI_TESTS),
     Mutant("cli: count 0 treated as unset", "recipes/train/pretrain_config.py",
            "accum = (d.grad_accum or max(1, d.global_batch_tokens // (seq_len * world * micro))\n"
            "             if args.grad_accum is None else args.grad_accum)",

@@ -380,3 +380,31 @@ def test_shards_out_that_cannot_be_created(capsys, tmp_path, monkeypatch):
     good.write_text("ok\n")
     assert_names(error_line(capsys, "shards", [str(good), "--out", str(tmp_path / "file" / "sub")]), "--out",
                  "cannot write shards", "Not a directory")
+
+
+def test_pretrain_checks_its_outputs_and_shards_before_training(capsys, tmp_path):
+    """Paths a run would only trip over later (a checkpoint directory under a file, a log file that is
+    a directory, shards too short for one window or with a wrong header) end it before step 0."""
+    a_file, short = tmp_path / "a_file", tmp_path / "short.bin"
+    a_file.write_text("x")
+    shards.write_shard(short, list(range(10)))
+    cases = [
+        (["--ckpt-dir", str(a_file / "ckpt")], "--ckpt-dir", ("is not a directory", repr(str(a_file)))),
+        (["--ckpt-dir", str(a_file)], "--ckpt-dir", ("exists and is not a directory",)),
+        (["--log-file", str(tmp_path)], "--log-file", ("exists and is not a file",)),
+        (["--log-file", str(a_file / "log.jsonl")], "--log-file", ("is not a directory",)),
+        (["--data", str(short), "--seq-len", "16"], "--data", ("no window of seq_len + 1 = 17 tokens",)),
+        (["--val-data", str(short), "--seq-len", "16"], "--val-data", ("no window",)),
+        (["--data", str(a_file), "--shard-format", "llmc"], "--data", ("magic must be one of",)),
+    ]
+    for argv, flag, words in cases:
+        assert_names(error_line(capsys, "pretrain", argv), flag, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "short.bin"]  # nothing created
+
+
+def test_pretrain_accepts_outputs_it_can_create(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(pretrain, "train", lambda cfg: seen.setdefault("cfg", cfg))
+    pretrain.main(["--ckpt-dir", str(tmp_path / "new" / "ckpt"), "--log-file", str(tmp_path / "new" / "log.jsonl")])
+    assert seen["cfg"].ckpt_dir == str(tmp_path / "new" / "ckpt")
+    assert not (tmp_path / "new").exists()  # checked, not created: the run creates them

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -177,3 +178,26 @@ def user_errors(parser: argparse.ArgumentParser, flags: Mapping[str, str] | None
     except (ValueError, FileNotFoundError) as err:
         parser.error(with_flags(str(err) if not isinstance(err, FileNotFoundError) or not err.filename
                                 else f"{err.strerror}: {err.filename!r}", flags or {}, flag))
+
+
+def check_writable(path: str, kind: str) -> None:
+    """Raise ValueError unless ``path`` can be written as ``kind`` (``"directory"`` or ``"file"``):
+    it is one already, or the nearest existing ancestor is a writable directory. Nothing is created,
+    so a tool can check its outputs before it starts its work."""
+    if kind not in ("directory", "file"):
+        raise ValueError(f"kind must be 'directory' or 'file', got {kind!r}")
+    target = os.path.abspath(path)
+    if os.path.exists(target):
+        is_kind = os.path.isdir(target) if kind == "directory" else os.path.isfile(target)
+        if not is_kind:
+            raise ValueError(f"{path!r} exists and is not a {kind}")
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{path!r} is not writable")
+        return
+    parent = os.path.dirname(target)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot create {path!r}: {parent!r} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot create {path!r}: {parent!r} is not writable")

@@ -10,10 +10,10 @@ from typing import Any, Mapping
 
 from recipes.lm.builders import SIZES, model_config
 from recipes.lm.config import ModelConfig
-from recipes.data.shards import SHARD_FORMATS, shard_paths
+from recipes.data.shards import SHARD_FORMATS, TokenWindows
 from recipes.train.optim import OptimConfig
 from recipes.lm.checks import check_choice, check_min
-from recipes.lm.cli import flags_of, non_negative_float, non_negative_int, positive_float, positive_int, user_errors
+from recipes.lm.cli import check_writable, flags_of, non_negative_float, non_negative_int, positive_float, positive_int, user_errors
 from value_routing.strategies import STRATEGIES
 
 #: Values of ``PretrainConfig.parallel``.
@@ -200,8 +200,12 @@ def checked_config(parser: argparse.ArgumentParser, args: argparse.Namespace, wo
     for name in ("data", "val_data"):
         path = getattr(cfg, name)
         if path is not None and not (name == "data" and path == "embedded"):
+            with user_errors(parser, flag=flags[name]):  # the shards open and hold a window each
+                TokenWindows.from_shards(path, cfg.seq_len, shuffle=False, fmt=cfg.shard_format)
+    for name, kind in (("ckpt_dir", "directory"), ("log_file", "file")):
+        if getattr(cfg, name) is not None:
             with user_errors(parser, flag=flags[name]):
-                shard_paths(path)
+                check_writable(getattr(cfg, name), kind)
     with user_errors(parser, flag=flags["tokenizer"]):
         vocab_size = tokenizer_vocab_size(cfg)
     with user_errors(parser, flag=flags["model_overrides"]):
