@@ -408,3 +408,35 @@ def test_pretrain_accepts_outputs_it_can_create(tmp_path, monkeypatch):
     pretrain.main(["--ckpt-dir", str(tmp_path / "new" / "ckpt"), "--log-file", str(tmp_path / "new" / "log.jsonl")])
     assert seen["cfg"].ckpt_dir == str(tmp_path / "new" / "ckpt")
     assert not (tmp_path / "new").exists()  # checked, not created: the run creates them
+
+
+#: ``(tool, output flag, kind)`` of every tool that writes its results to a path the user names.
+OUTPUTS = [("study", "--out", "directory"), ("analyze", "--out", "directory"), ("doctor", "--json", "file"),
+           ("bench", "--out", "directory"), ("depth", "--out", "directory"), ("lean", "--out", "directory")]
+
+
+@pytest.mark.parametrize("tool, flag, kind", OUTPUTS)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, tmp_path, tool, flag, kind):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    under_a_file = str(a_file / "sub" / ("out.json" if kind == "file" else "out"))
+    assert_names(error_line(capsys, tool, [flag, under_a_file]), f"argument {flag}",
+                 f"cannot create {under_a_file!r}", f"{str(a_file)!r} is not a directory")
+    wrong_kind = str(tmp_path) if kind == "file" else str(a_file)
+    assert_names(error_line(capsys, tool, [flag, wrong_kind]), f"argument {flag}", f"exists and is not a {kind}")
+    with pytest.raises(Started):  # a path it can create passes (and is not created by the check)
+        TOOLS[tool][0]([*TOOLS[tool][2], flag, str(tmp_path / "new" / "out")])
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("module, flag", [("recipes.eval.probe", "--json"), ("recipes.bench.hf_patch", "--out"),
+                                          ("recipes.bench.hf_vs_ours", "--out")])
+def test_output_flags_of_the_other_tools_are_checked_at_parse_time(tmp_path, module, flag):
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    kind = "file" if flag == "--json" else "directory"
+    assert getattr(action.type, "__name__", "") == f"writable_{kind}"
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a directory"):
+        action.type(str(Path(__file__) / "x"))

@@ -52,7 +52,7 @@ from recipes.bench.counters import process_counters
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import measured_keys
 from recipes.lm.checks import check_choice, check_min
-from recipes.lm.cli import flags_of, positive_int, user_errors
+from recipes.lm.cli import flags_of, positive_int, user_errors, writable
 from value_routing.strategies import STRATEGIES
 from value_routing.strategies.base import ModelDims
 from value_routing.strategies.depth_states import DEPTH_IMPLS
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=None)
     p.add_argument("--rounds", type=positive_int, default=None)
     p.add_argument("--threads", type=positive_int, default=1)
-    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--out", type=writable("directory"), default="runs/bench")
     return p
 
 

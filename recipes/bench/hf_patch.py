@@ -37,7 +37,7 @@ import torch
 
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import describe_machine, write_results
-from recipes.lm.cli import positive_int
+from recipes.lm.cli import positive_int, writable
 from value_routing import STRATEGIES, apply_value_routing
 
 #: Strategies the adapter runs (MUDDFormer's separate q/k/v inputs are refused).
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=7)
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: hidden 64, 2 layers, seq 16, 2 rounds")
-    p.add_argument("--out", default="runs/bench_hf_patch")
+    p.add_argument("--out", type=writable("directory"), default="runs/bench_hf_patch")
     return p
 
 

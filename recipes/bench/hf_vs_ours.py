@@ -43,7 +43,7 @@ import torch
 from recipes.bench.measure import round_ratio, time_interleaved
 from recipes.bench.report import describe_machine, write_results
 from recipes.lm.builders import SIZES, model_config
-from recipes.lm.cli import int_at_least, positive_int, user_errors
+from recipes.lm.cli import int_at_least, positive_int, user_errors, writable
 from recipes.lm.config import ModelConfig
 from recipes.lm.model import CausalLM, KVCache
 from recipes.train.loss import chunked_lm_loss, lm_loss
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny size, 2 layers, batch 2, 32 train tokens, prompt 16, 4 new tokens, 5 rounds")
-    p.add_argument("--out", default="runs/bench_hf")
+    p.add_argument("--out", type=writable("directory"), default="runs/bench_hf")
     return p
 
 

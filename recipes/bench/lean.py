@@ -33,7 +33,7 @@ import torch
 from recipes.bench.measure import peak_call_bytes, round_ratio, time_interleaved
 from recipes.bench.report import describe_machine, write_results
 from recipes.lm.builders import SIZES, model_config
-from recipes.lm.cli import positive_int
+from recipes.lm.cli import positive_int, writable
 from recipes.lm.model import CausalLM
 from recipes.train.loop import TrainConfig
 from recipes.train.loss import chunked_lm_loss, lm_loss
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny size, 2 layers, seq 32/64, 2 rounds")
-    p.add_argument("--out", default="runs/bench_lean")
+    p.add_argument("--out", type=writable("directory"), default="runs/bench_lean")
     return p
 
 

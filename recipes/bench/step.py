@@ -43,7 +43,7 @@ import torch
 from recipes.bench.counters import process_counters
 from recipes.bench.measure import BenchConfig, Variant, discover_variants, measure
 from recipes.lm.builders import SIZES
-from recipes.lm.cli import flags_of, int_at_least, positive_int, user_errors
+from recipes.lm.cli import flags_of, int_at_least, positive_int, user_errors, writable
 
 
 def sweep(
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure torch.compile'd steps (default: on, off with --quick)")
     p.add_argument("--sweep-compile", action="store_true", help="also compile in the sweep (slow on CPU)")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: small shapes, few rounds")
-    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--out", type=writable("directory"), default="runs/bench")
     p.add_argument("--strategies", nargs="+", default=None, help="variant labels (default: all registered)")
     p.add_argument("--size", default=None, choices=list(SIZES), help="default: tiny on CPU, small on CUDA")
     p.add_argument("--batch", type=positive_int, default=None)

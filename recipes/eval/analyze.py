@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
+from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors, writable
 from recipes.lm.model import CausalLM
 from value_routing.strategies import SelectiveGate, Strategy
 from value_routing.typing import Float, Int, Tensor, shapecheck
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=positive_int, default=8, help="validation windows of --seq-len bytes analysed")
     p.add_argument("--seq-len", type=positive_int, default=256)
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--out", default="runs/gates")
+    p.add_argument("--out", type=writable("directory"), default="runs/gates")
     return p
 
 

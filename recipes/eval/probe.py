@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from recipes.eval.domains import DOMAINS, domain_bytes, window_starts
-from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
+from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors, writable
 from recipes.lm.model import CausalLM
 from value_routing.strategies import Strategy
 from value_routing.typing import Float, Int, Tensor
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=positive_int, default=64, help="windows of --seq-len bytes (half fit, half score)")
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--offsets", type=non_negative_int, nargs="+", default=list(OFFSETS))
-    p.add_argument("--json", help="also write the result to this file")
+    p.add_argument("--json", type=writable("file"), help="also write the result to this file")
     return p
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors
+from recipes.lm.cli import flags_of, non_negative_int, positive_int, user_errors, writable
 from recipes.lm.config import ModelConfig
 from recipes.experiments.study_config import LADDER_RUNGS, PRESETS, SWEEP_LRS, VARIANTS, StudyConfig, study_model_config
 from recipes.experiments.study_plots import plot
@@ -180,7 +180,7 @@ def run_study(cfg: StudyConfig, out: str | Path, workers: int = 1, progress: boo
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="published", choices=list(PRESETS), help="the study's settings")
-    p.add_argument("--out", help="directory for runs.jsonl, results.md, summary.json, PNGs (default: "
+    p.add_argument("--out", type=writable("directory"), help="directory for runs.jsonl, results.md, summary.json, PNGs (default: "
                                  + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()) + ")")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (one per core)")
     p.add_argument("--seeds", type=non_negative_int, nargs="+", help="override the preset's seeds")

@@ -201,3 +201,20 @@ def check_writable(path: str, kind: str) -> None:
         raise ValueError(f"cannot create {path!r}: {parent!r} is not a directory")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"cannot create {path!r}: {parent!r} is not writable")
+
+
+def writable(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path :func:`check_writable` accepts as ``kind``, so an output a tool
+    would only write after its work (a benchmark's, a report's) is refused before that work starts."""
+    if kind not in ("directory", "file"):
+        raise ValueError(f"kind must be 'directory' or 'file', got {kind!r}")
+
+    def parse(text: str) -> str:
+        try:
+            check_writable(text, kind)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    parse.__name__ = f"writable_{kind}"
+    return parse

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recipes.lm.cli import flags_of, positive_int, user_errors
+from recipes.lm.cli import flags_of, positive_int, user_errors, writable
 from recipes.tools.doctor_checks import COMPILE_BACKENDS, DTYPES, Check, DoctorConfig, Skipped, default_checks
 from value_routing.attention import backends
 from value_routing.attention.backends import xformers_unavailable_reason
@@ -160,7 +160,7 @@ def write_json(path: str, env: Mapping[str, Any], results: Sequence[CheckResult]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=DoctorConfig.device)
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON (attach it to a bug report)")
+    p.add_argument("--json", type=writable("file"), metavar="PATH", help="write the report as JSON (attach it to a bug report)")
     p.add_argument("--only", nargs="+", default=[], metavar="PREFIX", help="run only checks whose name starts so")
     p.add_argument("--skip", nargs="+", default=[], metavar="PREFIX", help="leave out checks whose name starts so")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES), help="leave out other dtypes")
