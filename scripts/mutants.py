@@ -95,6 +95,12 @@ MUTANTS = [
            "attn = self._post(None,", ("tests/test_reference_model.py",)),
     Mutant("blocks: key stream not normed", "blocks/block.py", "else self._pre(norm, inp.k)", "else inp.k", DENSE_TESTS),
     # static value residual
+    Mutant("checks: a NaN option passes", STRATEGIES + "checks.py",
+           "not isinstance(value, bool) and math.isfinite(value)", "not isinstance(value, bool)",
+           ("tests/test_strategy_arguments.py",)),
+    Mutant("checks: a strict bound is not strict", STRATEGIES + "checks.py",
+           "ok = value > minimum if strict else value >= minimum", "ok = value >= minimum",
+           ("tests/test_strategy_arguments.py",)),
     Mutant("static: lambda index shifted", STRATEGIES + "static_residual.py", "lam1[layer - 1].to(v.dtype)",
            "lam1[layer - 2].to(v.dtype)", MODEL_TESTS),
     Mutant("static: sigmoid instead of softmax", STRATEGIES + "static_residual.py",

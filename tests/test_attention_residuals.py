@@ -198,8 +198,8 @@ def test_bad_block_size_names_the_option(bad):
 
 @pytest.mark.parametrize(
     "options, match",
-    [({"impl": "list"}, r"impl must be one of \('buffer', 'stack'\)"), ({"norm_eps": -1e-6}, "norm_eps must be >= 0"),
-     ({"norm_eps": float("nan")}, "norm_eps must be >= 0"), ({"d_model": 0}, "d_model must be >= 1")],
+    [({"impl": "list"}, r"impl must be one of \('buffer', 'stack'\)"), ({"norm_eps": -1e-6}, "norm_eps must be a finite number >= 0"),
+     ({"norm_eps": float("nan")}, "norm_eps must be a finite number >= 0"), ({"d_model": 0}, "d_model must be >= 1")],
 )
 def test_bad_options_name_the_option(options, match):
     with pytest.raises(ValueError, match=match):

@@ -335,7 +335,7 @@ def test_builders_and_registry():
         ("mudd", {"init_std": -1.0}, "init_std"),
         ("hyper", {"rate": 0}, "rate must be >= 1"),
         ("hyper", {"dynamic": "yes"}, "dynamic must be True or False"),
-        ("hyper", {"norm_eps": -1e-6}, "norm_eps must be None or >= 0"),
+        ("hyper", {"norm_eps": -1e-6}, "norm_eps must be None or a finite number >= 0"),
         ("hyper", {"expansion": 4}, "strategy_options"),
     ],
 )

@@ -390,7 +390,7 @@ def test_registered_with_its_builder():
         ({"hc_eps": -1e-6}, "proj_std and hc_eps must be >= 0"),
         ({"scale_init": float("nan")}, "scale_init must be a finite number"),
         ({"hc_eps": "1e-6"}, "hc_eps must be a finite number"),
-        ({"norm_eps": -1.0}, "norm_eps must be None or >= 0"),
+        ({"norm_eps": -1.0}, "norm_eps must be None or a finite number >= 0"),
         ({"iters": 20}, "strategy_options"),
     ],
 )

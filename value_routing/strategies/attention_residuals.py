@@ -68,6 +68,7 @@ from torch.autograd.function import once_differentiable
 
 from value_routing.kernels.depth_aggregate import depth_aggregate
 from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, fix_options
+from value_routing.strategies.checks import check_number
 from value_routing.strategies.depth_states import (
     DepthStates,
     append_depth_state,
@@ -170,8 +171,7 @@ class AttentionResiduals(Strategy):
                 "block_size must be 1 (Full AttnRes) or an even number of sublayers >= 2 (Block AttnRes, "
                 f"block_size // 2 layers per block), got {block_size!r}"
             )
-        if not norm_eps >= 0:
-            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
+        check_number("norm_eps", norm_eps, 0)
         if not isinstance(scale_by_sources, bool):
             raise ValueError(f"scale_by_sources must be True or False, got {scale_by_sources!r}")
         self.scale_by_sources = scale_by_sources

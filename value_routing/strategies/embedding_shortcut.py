@@ -51,13 +51,8 @@ from value_routing.strategies.base import (
     fix_options,
     rms_normalize,
 )
+from value_routing.strategies.checks import check_number
 from value_routing.typing import Float, Tensor, shapecheck
-
-
-def _check_float(name: str, value: object, positive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
-    if not ok or (positive and not value > 0):
-        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
 
 
 @STRATEGIES.register("shortcut")
@@ -74,9 +69,9 @@ class EmbeddingShortcut(Strategy):
         for name, flag in (("gate", gate), ("x0_norm", x0_norm)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
-        _check_float("resid_init", resid_init)
-        _check_float("x0_init", x0_init)
-        _check_float("norm_eps", norm_eps, positive=True)
+        check_number("resid_init", resid_init)
+        check_number("x0_init", x0_init)
+        check_number("norm_eps", norm_eps, 0, strict=True)
         self.d_model, self.gate, self.x0_norm, self.norm_eps = d_model, gate, x0_norm, float(norm_eps)
         self.resid_lambdas = nn.Parameter(torch.full((n_layers,), float(resid_init)))
         self.x0_lambdas = nn.Parameter(torch.full((n_layers,), float(x0_init)))

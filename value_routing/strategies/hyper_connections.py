@@ -64,6 +64,7 @@ from torch import nn
 
 from value_routing.kernels.depth_aggregate import depth_aggregate
 from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer
+from value_routing.strategies.checks import check_number
 from value_routing.typing import Float, Tensor
 
 
@@ -100,8 +101,8 @@ class HyperConnections(Strategy):
             raise ValueError(f"rate must be >= 1, got {rate}")
         if not isinstance(dynamic, bool):
             raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
-        if norm_eps is not None and not norm_eps >= 0:
-            raise ValueError(f"norm_eps must be None or >= 0, got {norm_eps}")
+        check_number("norm_eps", norm_eps, 0, optional=True)
+        check_number("scale_init", scale_init)
         self.d_model, self.rate, self.dynamic, self.norm_eps, self.form = d_model, rate, dynamic, norm_eps, form
         self.n_connections = n_layers * (2 if form == "authors" else 1)
         self.static_alpha = nn.ParameterList()  # per connection: (n, n + 1) = [A_m | A_r], flattened

@@ -89,6 +89,7 @@ import torch
 from torch import nn
 
 from value_routing.strategies.base import STRATEGIES, Strategy, fix_options
+from value_routing.strategies.checks import check_int, check_number
 from value_routing.strategies.hyper_connections import HC_FORMS, HyperConnections
 from value_routing.typing import Float, Tensor, shapecheck
 
@@ -110,11 +111,6 @@ def sinkhorn_knopp(
     return m
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 @STRATEGIES.register("mhc")
 class ManifoldHyperConnections(HyperConnections):
     """Manifold-constrained hyper-connections with ``rate`` streams (see module docstring)."""
@@ -128,16 +124,14 @@ class ManifoldHyperConnections(HyperConnections):
         Strategy.__init__(self, n_layers)
         if form not in HC_FORMS:
             raise ValueError(f"form must be one of {HC_FORMS}, got {form!r}")
-        _check_int("d_model", d_model, 1)
-        _check_int("rate", rate, 1)
-        _check_int("sinkhorn_iters", sinkhorn_iters, 1)
+        check_int("d_model", d_model, 1)
+        check_int("rate", rate, 1)
+        check_int("sinkhorn_iters", sinkhorn_iters, 1)
         for name, value in (("scale_init", scale_init), ("proj_std", proj_std), ("hc_eps", hc_eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            check_number(name, value)
         if proj_std < 0 or hc_eps < 0:
             raise ValueError(f"proj_std and hc_eps must be >= 0, got proj_std={proj_std}, hc_eps={hc_eps}")
-        if norm_eps is not None and not norm_eps >= 0:
-            raise ValueError(f"norm_eps must be None or >= 0, got {norm_eps}")
+        check_number("norm_eps", norm_eps, 0, optional=True)
         self.d_model, self.rate, self.sinkhorn_iters, self.form = d_model, rate, sinkhorn_iters, form
         self.norm_eps, self.hc_eps = norm_eps, float(hc_eps)
         self.n_connections = n_layers * (2 if form == "authors" else 1)

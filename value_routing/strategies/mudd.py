@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, rms_normalize
+from value_routing.strategies.checks import check_number
 from value_routing.strategies.depth_states import (
     DepthStates,
     aggregate_depth_states,
@@ -82,10 +83,8 @@ class DynamicDenseAggregation(Strategy):
             raise ValueError(f"form must be one of {MUDD_FORMS}, got {form!r}")
         if d_model < 1:
             raise ValueError(f"d_model must be >= 1, got {d_model}")
-        if init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std}")
-        if not norm_eps >= 0:
-            raise ValueError(f"norm_eps must be >= 0, got {norm_eps}")
+        check_number("init_std", init_std, 0)
+        check_number("norm_eps", norm_eps, 0)
         self.d_model, self.impl, self.norm_eps, self.form = d_model, check_impl(impl), norm_eps, form
         authors = form == "authors"
         self.separate_qkv_norms = authors

@@ -43,6 +43,7 @@ from torch import nn
 
 from value_routing.kernels.gate_mix import check_activation, gate_activation, gate_mix
 from value_routing.strategies.base import STRATEGIES, ModelDims, ValueResidual, check_layer, fix_options
+from value_routing.strategies.checks import check_int, check_number
 from value_routing.typing import Float, Tensor, shapecheck
 
 
@@ -64,18 +65,15 @@ class SelectiveGate(ValueResidual):
     ) -> None:
         super().__init__(n_layers)
         self.act = check_activation(act)
-        if d_model < 1:
-            raise ValueError(f"d_model must be >= 1, got {d_model}")
-        if n_kv_heads < 1:
-            raise ValueError(f"n_kv_heads must be >= 1, got {n_kv_heads}")
+        check_int("d_model", d_model, 1)
+        check_int("n_kv_heads", n_kv_heads, 1)
+        check_number("init_std", init_std, 0)
         if last_k is not None and not 1 <= last_k <= n_layers - 1:
             raise ValueError(
                 f"last_k must be None or in [1, n_layers - 1] = [1, {n_layers - 1}], got {last_k}"
             )
-        if bias_init is not None and not isinstance(bias_init, (int, float)):
-            raise ValueError(f"bias_init must be None or a number, got {bias_init!r}")
-        if gate_scale is not None and (isinstance(gate_scale, bool) or not isinstance(gate_scale, (int, float))):
-            raise ValueError(f"gate_scale must be None or a number, got {gate_scale!r}")
+        check_number("bias_init", bias_init, optional=True)
+        check_number("gate_scale", gate_scale, optional=True)
         if not isinstance(fuse_projection, bool):
             raise ValueError(f"fuse_projection must be True or False, got {fuse_projection!r}")
         self.d_model, self.n_kv_heads, self.last_k, self.bias_init = d_model, n_kv_heads, last_k, bias_init

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from value_routing.strategies.base import STRATEGIES, ValueResidual, fix_options
+from value_routing.strategies.checks import check_number
 from value_routing.typing import Float, Tensor
 
 STATIC_MODES: tuple[str, ...] = ("fixed", "learnable", "softmax")
@@ -38,6 +39,8 @@ class StaticValueResidual(ValueResidual):
         super().__init__(n_layers)
         if mode not in STATIC_MODES:
             raise ValueError(f"mode must be one of {STATIC_MODES}, got {mode!r}")
+        check_number("lambda1", lambda1)
+        check_number("lambda2", lambda2)
         self.mode = mode
         n_mixed = max(n_layers - 1, 1)
         if mode == "fixed":
