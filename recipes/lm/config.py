@@ -133,8 +133,10 @@ class ModelConfig:
             raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff}")
         for name in ("norm_eps", "qk_norm_eps", "init_std", "out_proj_std"):
             value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"{name} must be >= 0{' or None' if name in _DERIVED else ''}, got {value}")
+            if value is not None and not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be >= 0{' or None' if name in _DERIVED else ''} (finite), got {value}")
+        if not 0 < self.rope_theta < math.inf:
+            raise ValueError(f"rope_theta must be > 0 (finite; the RoPE base), got {self.rope_theta}")
         for name in ("qk_norm", "tie_embeddings", "ffn_realloc", "layernorm_scaling", "peri_norm", "qkv_bias",
                      "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
