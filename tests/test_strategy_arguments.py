@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -80,3 +81,25 @@ def test_the_bound_itself_is_legal_unless_strict(strict, legal):
             check_number("x", 0.0, 0, strict=strict)
     with pytest.raises(ValueError, match=r"^norm_eps must be a finite number > 0"):  # an eps of 0 divides by 0
         STRATEGIES.get("shortcut").for_model(DIMS, norm_eps=0.0)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_an_unknown_option_is_named_with_the_known_ones(strategy):
+    from value_routing import build_strategy, strategy_options
+
+    known = ", ".join(strategy_options(strategy)) or "none"
+    with pytest.raises(ValueError, match=rf"^unknown option 'typo_option' for strategy '{strategy}'; "
+                                         rf"its options: {re.escape(known)}$"):
+        build_strategy(strategy, DIMS, typo_option=1)
+
+
+def test_the_hugging_face_adapter_and_the_config_say_the_same():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from value_routing import apply_value_routing
+
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(ValueError, match=r"^unknown options 'a', 'b' for strategy 'satformer'; its options: act, "):
+        apply_value_routing(hf, "satformer", b=1, a=2)
+    assert not any("routing" in name for name, _ in hf.named_modules())  # refused before any patching

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from value_routing.strategies.base import (
@@ -30,8 +31,20 @@ from value_routing.strategies.embedding_shortcut import EmbeddingShortcut  # iso
 
 
 def build_strategy(name: str, dims: ModelDims, **options: Any) -> Strategy:
-    """Instantiate the strategy registered under ``name`` for a model of ``dims``."""
-    return STRATEGIES.lookup(name).for_model(dims, **options)
+    """Instantiate the strategy registered under ``name`` for a model of ``dims``.
+
+    An option its constructor does not take is a ValueError naming it and the options there are
+    (:func:`strategy_options`), not Python's TypeError; a constructor with ``**kwargs`` is trusted.
+    """
+    cls = STRATEGIES.lookup(name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        known = strategy_options(name)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                             f"for strategy {name!r}; its options: {', '.join(known) or 'none'}")
+    return cls.for_model(dims, **options)
 
 
 __all__ = [
