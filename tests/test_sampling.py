@@ -75,6 +75,11 @@ def test_generate_refuses_a_bad_argument_by_name(arg, value):
         generate(model, tokens(1, 3), **kwargs)
 
 
+def test_generate_refuses_an_empty_prompt():
+    with pytest.raises(ValueError, match=r"^prompt must hold at least one token"):
+        generate(_tiny_model(), tokens(2, 3)[:, :0], 2)
+
+
 def test_generate_refuses_to_run_past_max_seq_len():
     model = _tiny_model()
     room = model.cfg.max_seq_len - 3

@@ -37,6 +37,9 @@ def generate(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
     batch, prompt_len = prompt.shape
+    if prompt_len == 0:
+        raise ValueError("prompt must hold at least one token per row (the first prediction needs a context), "
+                         "got shape (batch, 0)")
     total = prompt_len + max_new_tokens
     if total > model.cfg.max_seq_len:
         raise ValueError(f"max_new_tokens: the prompt's {prompt_len} tokens + max_new_tokens={max_new_tokens} "
