@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from value_routing.strategies.base import STRATEGIES, BlockInput, ModelDims, Strategy, check_layer, fix_options
+from value_routing.strategies.checks import check_number
 from value_routing.typing import Float, Int, Tensor, shapecheck
 
 #: The named layer patterns of ``layers``.
@@ -136,8 +137,7 @@ class ValueEmbeddings(Strategy):
                              "positive, n_heads divisible by n_kv_heads and (without head_dim) d_model by n_heads")
         if not isinstance(gate, bool):
             raise ValueError(f"gate must be True or False, got {gate!r}")
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not 0 <= init_std < float("inf"):
-            raise ValueError(f"init_std must be a finite number >= 0, got {init_std!r}")
+        check_number("init_std", init_std, 0)
         if head_dim is not None and not (_is_int(head_dim) and head_dim >= 1):
             raise ValueError(f"head_dim must be None (d_model // n_heads) or an integer >= 1, got {head_dim!r}")
         self.head_dim = d_model // n_heads if head_dim is None else head_dim
