@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import string
 import subprocess
@@ -60,10 +61,6 @@ TOOLS = {
     "params": (params.main, [(params, "param_counts")], []),
     "shards": (shards.main, [(shards, "write_shards")], ["--out", "unused", __file__]),
 }
-
-
-#: The real shard writer, for the one test that needs --out to fail when written to.
-_REAL_WRITE_SHARDS = shards.write_shards
 
 
 @pytest.fixture(autouse=True)
@@ -373,13 +370,16 @@ def test_shards_refuses_undecodable_text_and_an_unusable_out(capsys, tmp_path):
                  "is not a directory")
 
 
-def test_shards_out_that_cannot_be_created(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "write_shards", _REAL_WRITE_SHARDS)
-    (tmp_path / "file").write_text("")
+def test_shards_out_that_fails_while_writing(capsys, tmp_path, monkeypatch):
+    """What parse time cannot see (a full disk) is one error line too, not a traceback."""
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shards, "write_shards", full_disk)
     good = tmp_path / "good.txt"
     good.write_text("ok\n")
-    assert_names(error_line(capsys, "shards", [str(good), "--out", str(tmp_path / "file" / "sub")]), "--out",
-                 "cannot write shards", "Not a directory")
+    assert_names(error_line(capsys, "shards", [str(good), "--out", str(tmp_path / "out")]), "--out",
+                 "cannot write shards", os.strerror(errno.ENOSPC))
 
 
 def test_pretrain_checks_its_outputs_and_shards_before_training(capsys, tmp_path):
@@ -412,7 +412,8 @@ def test_pretrain_accepts_outputs_it_can_create(tmp_path, monkeypatch):
 
 #: ``(tool, output flag, kind)`` of every tool that writes its results to a path the user names.
 OUTPUTS = [("study", "--out", "directory"), ("analyze", "--out", "directory"), ("doctor", "--json", "file"),
-           ("bench", "--out", "directory"), ("depth", "--out", "directory"), ("lean", "--out", "directory")]
+           ("bench", "--out", "directory"), ("depth", "--out", "directory"), ("lean", "--out", "directory"),
+           ("shards", "--out", "directory")]
 
 
 @pytest.mark.parametrize("tool, flag, kind", OUTPUTS)

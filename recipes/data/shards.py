@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from recipes.lm.cli import int_at_least, user_errors
+from recipes.lm.cli import int_at_least, user_errors, writable
 from value_routing.typing import Int, Tensor
 
 HEADER_INTS = 256
@@ -208,7 +208,7 @@ def _is_utf8(path: Path, chunk: int = 1 << 20) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Tokenize text files into uint16 .bin shards (one document per file).")
     p.add_argument("files", nargs="+", help="UTF-8 text files")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", type=writable("directory"), required=True, help="output directory")
     p.add_argument("--tokenizer", default="byte", help="'byte' or a local HF tokenizer.json")
     p.add_argument("--shard-tokens", type=int_at_least(2), default=100_000_000)
     p.add_argument("--prefix", default="train")
@@ -227,8 +227,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     undecodable = [f for f in args.files if not _is_utf8(Path(f))]
     if undecodable:  # checked before any shard is written, so a bad file leaves no partial output
         parser.error(f"argument files: not UTF-8 text: {', '.join(map(repr, undecodable))}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out: {args.out!r} exists and is not a directory")
     with user_errors(parser, flag="--tokenizer"):  # not 'byte' nor a file
         tok = load_tokenizer(args.tokenizer)
     if tok.vocab_size > 2**16:
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     docs = (([eos] if eos is not None else []) + tok.encode(Path(f).read_text(encoding="utf-8")) for f in args.files)
     try:
         paths = write_shards(docs, args.out, args.shard_tokens, args.prefix, args.format)
-    except OSError as err:  # an --out that cannot be created or written (a full disk included)
+    except OSError as err:  # what parse time cannot see: a full disk, a path taken meanwhile
         parser.error(f"--out: cannot write shards to {args.out!r}: {err.strerror or err}")
     print(f"wrote {len(paths)} shard(s) to {args.out}")
     return paths
