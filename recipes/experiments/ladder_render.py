@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+def plan_of(variants: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """The planned-runs record of a rung (``summary.json``'s ``planned``): its variants, each one's
+    seeds and the number of runs."""
+    return {"variants": list(variants), "seeds": {n: list(s) for n, s in variants.items()},
+            "runs": sum(len(s) for s in variants.values())}
+
+
 def _fmt(est: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
     if est is None:
         return "–"
@@ -34,8 +41,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     pub = report.get("published")
     for steps, rung in report["rungs"].items():
         b, rows = rung["budget"], rung["variants"]
-        planned = rung.get("planned") or {"variants": list(rows), "seeds": {n: r["seeds"] for n, r in rows.items()},
-                                          "runs": sum(len(r["seeds"]) for r in rows.values())}
+        planned = rung.get("planned") or plan_of({n: r["seeds"] for n, r in rows.items()})
         lines += ["", f"### {steps} steps ({rung['tokens'] / 1e6:.2f}M tokens), lr {b['lr']:g}", ""]
         missing = [v for v in planned["variants"] if v not in rows]
         finished = sum(len(set(rows[n]["seeds"]) & set(s)) for n, s in planned["seeds"].items() if n in rows)

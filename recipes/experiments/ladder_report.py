@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 from recipes.eval.analyze import TOKEN_CLASSES
 from recipes.experiments.study_config import LADDER_FORMS, LADDER_FORMS_SEEDS, LADDER_LR, LADDER_RUNGS, LADDER_STEPS, SWEEP_LRS
-from recipes.experiments.ladder_render import format_markdown, plot
+from recipes.experiments.ladder_render import format_markdown, plan_of, plot
 from recipes.experiments.study_report import load_runs, mean_ci, paired_delta, summarize
 
 #: The differences the trend follows (minuend, subtrahend), beyond every variant − baseline.
@@ -49,11 +49,6 @@ PLANNED: dict[int, dict[str, tuple[int, ...]]] = {
     steps: {name: seeds for name in variants} for steps, (variants, seeds) in LADDER_RUNGS.items()}
 for _name in LADDER_FORMS:
     PLANNED[LADDER_STEPS[0]].setdefault(_name, LADDER_FORMS_SEEDS)
-
-
-def _plan(variants: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    return {"variants": list(variants), "seeds": {n: list(s) for n, s in variants.items()},
-            "runs": sum(len(s) for s in variants.values())}
 
 
 def _est(values: Sequence[float]) -> dict[str, Any] | None:
@@ -209,9 +204,9 @@ def build(root: str | Path, published: str | Path | None = None) -> dict[str, An
             steps = int(directory.name.split("-")[1])
             report = rung_report(runs)
             if steps in PLANNED:
-                report["planned"] = _plan(PLANNED[steps])
+                report["planned"] = plan_of(PLANNED[steps])
             rungs[str(steps)] = report
-    not_started = {str(steps): _plan(plan) for steps, plan in sorted(PLANNED.items()) if str(steps) not in rungs}
+    not_started = {str(steps): plan_of(plan) for steps, plan in sorted(PLANNED.items()) if str(steps) not in rungs}
     out: dict[str, Any] = {"sweep": sweep_report(root), "rungs": rungs, "not_started": not_started}
     if published is not None:
         lm = [r for r in load_runs(Path(published) / "runs.jsonl") if r["spec"]["task"] == "lm"]
